@@ -1,0 +1,57 @@
+# TF Hub fine-tuning on Spark, orchestrated by Airflow. `make demo` and `make test` work on a fresh machine.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3.11
+VENV := .venv
+STAMP := $(VENV)/.installed
+ENV := . scripts/env.sh &&
+DEMO_DS ?= 2026-11-20
+DEMO_IMAGES ?= 600
+HUB_MODULE := hub/shapes_fv_32
+
+.PHONY: help setup system-deps venv airflow-setup hub-module demo-data demo test bench clean
+
+help:
+	@echo "make demo     set up what is missing, then run the whole DAG on the embedded default"
+	@echo "make test     run the test suite (unit, DAG, end to end)"
+	@echo "make bench    run the benchmarks"
+	@echo "make setup    only install: system packages, virtualenv, Airflow home"
+
+system-deps:
+	@bash scripts/system_deps.sh
+
+$(STAMP): requirements.txt requirements-nodeps.txt constraints.txt
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: this project needs Python 3.11"; exit 1; }
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r requirements.txt -c constraints.txt
+	$(VENV)/bin/pip install --quiet --no-deps -r requirements-nodeps.txt -c constraints.txt
+	touch $(STAMP)
+
+venv: system-deps $(STAMP)
+
+airflow-setup: venv
+	@bash scripts/setup_airflow.sh
+
+setup: airflow-setup
+
+hub-module: venv
+	@$(ENV) root=$${TFHUB_STORAGE_ROOT#file://}; \
+	if [ -f "$$root/$(HUB_MODULE)/saved_model.pb" ]; then echo "hub module $$root/$(HUB_MODULE) exists"; \
+	else python -m tasks.demo.make_hub_module --output "$$TFHUB_STORAGE_ROOT/$(HUB_MODULE)"; fi
+
+demo-data: venv
+	@$(ENV) python -m tasks.demo.make_dataset --raw-root "$$TFHUB_STORAGE_ROOT/raw" --ds $(DEMO_DS) \
+		--num-images $(DEMO_IMAGES)
+
+demo: airflow-setup hub-module demo-data
+	@$(ENV) bash scripts/run_demo.sh $(DEMO_DS)
+
+test: airflow-setup
+	@$(ENV) python -m pytest tests
+
+bench: venv
+	@$(ENV) for b in bench/bench_*.py; do echo "== $$b"; python "$$b" || exit 1; done
+
+clean:
+	rm -rf var

@@ -1,0 +1,118 @@
+"""One day of data to a served model: fine-tune a TF Hub module on Spark and publish it for TF Serving.
+
+wait_for_raw_partition -> prepare_examples -> finetune -> evaluate -> gate -> export_model
+
+Wiring only: Spark and TensorFlow run in the spark-submit applications under ``tasks/``. The deployment (storage
+root, Spark master, Spark conf) comes from the ``spark_tfhub`` connection and the ``tfhub_pipeline`` Variable,
+read when tasks run, so the same file runs on the embedded default and on a cluster.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.sdk import CronDataIntervalTimetable, Param, chain, dag, task
+
+from tfhub_spark.operators.spark_job import PipelineSparkSubmitOperator, TfHubFinetuneOperator
+from tfhub_spark.partition import MACROS
+from tfhub_spark.sensors.partition import PartitionReadySensor
+
+SPARK_CONN_ID = "spark_tfhub"
+WEBHDFS_CONN_ID = "webhdfs_tfhub"
+TRAINING_POOL = "tfhub_training"
+
+ROOT = "{{ var.json.tfhub_pipeline.storage_root }}"
+MODEL_NAME = "{{ var.json.tfhub_pipeline.model_name }}"
+DS = "{{ tfhub_partition(params.partition, data_interval_start) }}"
+VERSION = "{{ tfhub_version(tfhub_partition(params.partition, data_interval_start)) }}"
+RAW = f"{ROOT}/raw/ds={DS}"
+EXAMPLES = f"{ROOT}/examples/ds={DS}"
+RUN_DIR = f"{ROOT}/runs/ds={DS}"
+
+PARAMS = {
+    "partition": Param(None, type=["null", "string"], format="date",
+                       description="Date partition to process, YYYY-MM-DD. Empty: the run's data interval start."),
+    "hub_module": Param("hub/shapes_fv_32", type="string", minLength=1,
+                        description="TF Hub module: tfhub.dev/Kaggle URL or handle, absolute path, or a path "
+                                    "under the storage root."),
+    "epochs": Param(15, type="integer", minimum=1, maximum=200, description="Training epochs."),
+    "batch_size": Param(32, type="integer", minimum=2, maximum=4096,
+                        description="Global batch size; a multiple of num_workers."),
+    "learning_rate": Param(0.002, type="number", exclusiveMinimum=0, maximum=1, description="Adam learning rate."),
+    "num_workers": Param(2, type="integer", minimum=1, maximum=64,
+                         description="TensorFlow workers, one Spark barrier task each."),
+    "fine_tune": Param(True, type="boolean",
+                       description="Also train the hub module's weights (otherwise only the classification head)."),
+    "min_accuracy": Param(0.9, type="number", minimum=0, maximum=1,
+                          description="Least test accuracy for the model to be exported."),
+}
+
+
+@dag(
+    dag_id="tfhub_finetune",
+    # A run covers one day, [start, end): the run after midnight processes the day that just ended.
+    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+    start_date=dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc),
+    catchup=False,
+    max_active_runs=2,
+    params=PARAMS,
+    user_defined_macros=MACROS,
+    default_args={"retries": 1, "retry_delay": dt.timedelta(minutes=1)},
+    tags=["tfhub", "spark", "ml"],
+    doc_md=__doc__,
+)
+def tfhub_finetune():
+    wait_for_raw_partition = PartitionReadySensor(
+        task_id="wait_for_raw_partition",
+        path=RAW,
+        webhdfs_conn_id=WEBHDFS_CONN_ID,
+        mode="reschedule",
+        poke_interval=60,
+        timeout=12 * 3600,
+    )
+    prepare_examples = PipelineSparkSubmitOperator(
+        task_id="prepare_examples",
+        job="prepare_examples",
+        conn_id=SPARK_CONN_ID,
+        job_args={"--raw": RAW, "--output": EXAMPLES, "--min-shards": "{{ params.num_workers * 2 }}"},
+    )
+    finetune = TfHubFinetuneOperator(
+        task_id="finetune",
+        conn_id=SPARK_CONN_ID,
+        pool=TRAINING_POOL,
+        examples=EXAMPLES,
+        run_dir=RUN_DIR,
+        storage_root=ROOT,
+        hub_module="{{ params.hub_module }}",
+        num_workers="{{ params.num_workers }}",
+        epochs="{{ params.epochs }}",
+        batch_size="{{ params.batch_size }}",
+        learning_rate="{{ params.learning_rate }}",
+        fine_tune="{{ params.fine_tune }}",
+    )
+    evaluate = PipelineSparkSubmitOperator(
+        task_id="evaluate",
+        job="evaluate",
+        conn_id=SPARK_CONN_ID,
+        job_args={"--examples": EXAMPLES, "--run-dir": RUN_DIR},
+    )
+
+    @task.short_circuit(task_id="gate")
+    def gate(metrics_url: str, min_accuracy: str) -> bool:
+        from tfhub_spark.gate import passes_min_accuracy
+
+        return passes_min_accuracy(metrics_url, float(min_accuracy), webhdfs_conn_id=WEBHDFS_CONN_ID)
+
+    export_model = PipelineSparkSubmitOperator(
+        task_id="export_model",
+        job="export_model",
+        conn_id=SPARK_CONN_ID,
+        job_args={"--run-dir": RUN_DIR, "--examples": EXAMPLES, "--serving-root": f"{ROOT}/serving",
+                  "--model-name": MODEL_NAME, "--version": VERSION},
+    )
+
+    chain(wait_for_raw_partition, prepare_examples, finetune, evaluate,
+          gate(f"{RUN_DIR}/metrics.json", "{{ params.min_accuracy }}"), export_model)
+
+
+tfhub_finetune()

@@ -1,0 +1,165 @@
+"""Operators that run the pipeline's spark-submit applications from ``tasks/``."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.sdk import Variable
+
+PIPELINE_VARIABLE = "tfhub_pipeline"
+"""The Airflow Variable (JSON) holding the storage root, model name and Spark conf of the deployment."""
+
+DEFAULT_TASKS_DIR = Path(__file__).resolve().parents[3] / "tasks"
+
+
+def build_tasks_zip(tasks_dir: Path, dest_dir: str) -> str:
+    """Zips the ``tasks`` package for ``--py-files`` so drivers and executors import the same code.
+
+    Entries are sorted and carry a fixed timestamp, so the same sources give the same archive.
+
+    :param tasks_dir: the ``tasks`` package folder.
+    :param dest_dir: where to write ``tasks.zip``.
+    :return: the archive's path.
+    """
+    if not (tasks_dir / "__init__.py").exists():
+        raise FileNotFoundError(f"{tasks_dir} is not the tasks package (no __init__.py); set tasks_dir")
+    out = os.path.join(dest_dir, "tasks.zip")
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(tasks_dir.rglob("*.py")):
+            if "__pycache__" in path.parts:
+                continue
+            info = zipfile.ZipInfo(str(Path("tasks") / path.relative_to(tasks_dir)), date_time=(2020, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, path.read_bytes())
+    return out
+
+
+class PipelineSparkSubmitOperator(SparkSubmitOperator):
+    """Runs ``tasks/<job>.py`` with ``spark-submit``, the ``tasks`` package on ``--py-files``.
+
+    The deployment's Spark settings come from the ``spark_conf`` of the pipeline Variable, read when the task
+    runs (never when the DAG is parsed), under the operator's own ``conf``, which wins.
+
+    :param job: the application's module name in ``tasks/`` (``prepare_examples``, ``evaluate``...).
+    :param job_args: the application's options, ``{"--flag": value}`` (templated); None values are left out.
+    :param pipeline_variable: name of the pipeline Variable.
+    :param tasks_dir: the ``tasks`` package folder; defaults to the Variable's ``tasks_dir``, then to the one
+        beside ``plugins/``.
+    """
+
+    template_fields: Sequence[str] = (*SparkSubmitOperator.template_fields, "job_args")
+    template_fields_renderers = {"job_args": "json", "conf": "json"}
+
+    def __init__(self, *, job: str, job_args: dict[str, Any] | None = None,
+                 pipeline_variable: str = PIPELINE_VARIABLE, tasks_dir: str | None = None,
+                 conn_id: str = "spark_tfhub", **kwargs: Any) -> None:
+        kwargs.setdefault("name", f"tfhub-{job}")
+        super().__init__(conn_id=conn_id, **kwargs)
+        self.job = job
+        self.job_args = job_args
+        self.pipeline_variable = pipeline_variable
+        self.tasks_dir = tasks_dir
+
+    def job_conf(self, context) -> dict[str, Any]:
+        """Spark properties the job itself needs, over the deployment's; subclasses add theirs."""
+        return {
+            # The jobs import tensorflow_hub; hub.KerasLayer needs tf-keras, not Keras 3.
+            "spark.executorEnv.TF_USE_LEGACY_KERAS": "1",
+            "spark.yarn.appMasterEnv.TF_USE_LEGACY_KERAS": "1",
+        }
+
+    def build_application_args(self) -> list[str]:
+        args: list[str] = []
+        for flag, value in (self.job_args or {}).items():
+            if value is None or value == "":
+                continue
+            if not flag.startswith("--"):
+                raise ValueError(f"{self.task_id}: job_args key {flag!r} must start with --")
+            args += [flag, str(value).lower() if isinstance(value, bool) else str(value)]
+        return args
+
+    def execute(self, context) -> None:
+        pipeline = Variable.get(self.pipeline_variable, default=None, deserialize_json=True) or {}
+        tasks_dir = Path(self.tasks_dir or pipeline.get("tasks_dir") or DEFAULT_TASKS_DIR)
+        self.conf = {**pipeline.get("spark_conf", {}), **self.job_conf(context), **(self.conf or {})}
+        self.application = str(tasks_dir / f"{self.job}.py")
+        if not os.path.exists(self.application):
+            raise FileNotFoundError(f"{self.task_id}: application {self.application} does not exist")
+        self.application_args = [*self.build_application_args(), *(self.application_args or [])]
+        with tempfile.TemporaryDirectory(prefix=f"{self.job}-") as tmp:
+            archive = build_tasks_zip(tasks_dir, tmp)
+            self.py_files = ",".join(p for p in (archive, self.py_files) if p)
+            self.log.info("running %s with the tasks package from %s", self.application, tasks_dir)
+            return super().execute(context)
+
+
+class TfHubFinetuneOperator(PipelineSparkSubmitOperator):
+    """Fine-tunes a TF Hub module on prepared TFRecords in one Spark barrier stage of ``num_workers`` tasks.
+
+    Each barrier task is one ``MultiWorkerMirroredStrategy`` worker (``tasks/finetune.py``). The operator sets
+    what a barrier job needs: no dynamic allocation, a bounded barrier sync timeout, a fresh Python worker per
+    task.
+
+    :param examples: storage URL of the prepared dataset (templated).
+    :param run_dir: storage URL of the run folder (templated).
+    :param storage_root: storage root, for relative hub module paths and the hub cache (templated).
+    :param hub_module: hub URL, Kaggle handle or path (templated).
+    :param num_workers: barrier tasks (templated).
+    :param epochs: training epochs (templated).
+    :param batch_size: global batch size (templated).
+    :param learning_rate: learning rate (templated).
+    :param fine_tune: also train the hub module's weights (templated).
+    :param barrier_sync_timeout: seconds a worker waits for the others at a barrier before the stage fails.
+    """
+
+    template_fields: Sequence[str] = (
+        *PipelineSparkSubmitOperator.template_fields, "examples", "run_dir", "storage_root", "hub_module",
+        "num_workers", "epochs", "batch_size", "learning_rate", "fine_tune",
+    )
+    ui_color = "#fff3e0"
+
+    def __init__(self, *, examples: str, run_dir: str, storage_root: str, hub_module: str,
+                 num_workers: int | str = 2, epochs: int | str = 5, batch_size: int | str = 32,
+                 learning_rate: float | str = 1e-3, fine_tune: bool | str = False,
+                 barrier_sync_timeout: int = 900, **kwargs: Any) -> None:
+        super().__init__(job="finetune", **kwargs)
+        self.examples = examples
+        self.run_dir = run_dir
+        self.storage_root = storage_root
+        self.hub_module = hub_module
+        self.num_workers = num_workers
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.fine_tune = fine_tune
+        self.barrier_sync_timeout = barrier_sync_timeout
+
+    def job_conf(self, context) -> dict[str, Any]:
+        return {
+            **super().job_conf(context),
+            "spark.dynamicAllocation.enabled": "false",
+            "spark.barrier.sync.timeout": str(self.barrier_sync_timeout),
+            # A TensorFlow worker must not inherit a previous task's TF runtime in a reused Python worker.
+            "spark.python.worker.reuse": "false",
+        }
+
+    def build_application_args(self) -> list[str]:
+        self.job_args = {
+            "--examples": self.examples,
+            "--run-dir": self.run_dir,
+            "--storage-root": self.storage_root,
+            "--hub-module": self.hub_module,
+            "--num-workers": self.num_workers,
+            "--epochs": self.epochs,
+            "--batch-size": self.batch_size,
+            "--learning-rate": self.learning_rate,
+            "--fine-tune": self.fine_tune,
+            **(self.job_args or {}),
+        }
+        return super().build_application_args()

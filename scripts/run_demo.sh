@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs the whole DAG for one date with `airflow dags test` (the real task runner, in one process) and says where
+# the results are. Called by `make demo` after setup, hub module and demo data are in place.
+set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+ds="${1:?usage: run_demo.sh YYYY-MM-DD}"
+log_dir="$PROJECT_ROOT/var/demo-logs"
+mkdir -p "$log_dir"
+log="$log_dir/tfhub_finetune-$ds.log"
+start=$(date +%s)
+# A run's partition is the start of its data interval; the daily run whose interval is [ds, ds+1) is the one
+# that runs after ds+1 00:00, so that is the run date given to `dags test`.
+run_date=$(date -u -d "$ds + 1 day" +%F)
+echo "running DAG tfhub_finetune (run date $run_date) for partition $ds; full log: $log"
+if ! airflow dags test tfhub_finetune "$run_date" >"$log" 2>&1; then
+  tail -n 60 "$log"
+  echo "DAG run FAILED; full log: $log"
+  exit 1
+fi
+python -m tasks.demo.summary --storage-root "$TFHUB_STORAGE_ROOT" --ds "$ds" --model-name shapes --log "$log" \
+  --airflow-logs "$AIRFLOW_HOME/logs" --seconds $(( $(date +%s) - start ))

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Creates (or updates) the project-local Airflow of the embedded default: metadata DB on SQLite, and the
+# connections, variables and pools the DAG needs, from config/embedded/. Idempotent.
+# AIRFLOW_HOME and TFHUB_STORAGE_ROOT may be set beforehand to set up another home (the e2e tests do).
+set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+CONFIG_DIR="${TFHUB_CONFIG_DIR:-$PROJECT_ROOT/config/embedded}"
+
+mkdir -p "$AIRFLOW_HOME" "$(echo "$TFHUB_STORAGE_ROOT" | sed 's#^file://##')"
+airflow db migrate >"$AIRFLOW_HOME/db-migrate.log" 2>&1 || { cat "$AIRFLOW_HOME/db-migrate.log"; exit 1; }
+
+rendered="$AIRFLOW_HOME/rendered-config"
+mkdir -p "$rendered"
+for f in connections variables pools; do
+  sed -e "s#@PROJECT_ROOT@#$PROJECT_ROOT#g" -e "s#@STORAGE_ROOT@#$TFHUB_STORAGE_ROOT#g" \
+    "$CONFIG_DIR/$f.json" >"$rendered/$f.json"
+done
+airflow connections import --overwrite "$rendered/connections.json"
+airflow variables import --action-on-existing-key overwrite "$rendered/variables.json"
+airflow pools import "$rendered/pools.json"
+echo "Airflow home $AIRFLOW_HOME ready; storage root $TFHUB_STORAGE_ROOT"

@@ -1,0 +1,47 @@
+"""Prints where a demo run's model, metrics and logs are, and its test accuracy; fails if any is missing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from tasks import storage
+from tasks.partition import version_of
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--storage-root", required=True)
+    p.add_argument("--ds", required=True)
+    p.add_argument("--model-name", required=True)
+    p.add_argument("--log", required=True)
+    p.add_argument("--airflow-logs", required=True)
+    p.add_argument("--seconds", type=int, default=0)
+    a = p.parse_args(argv)
+    run_dir = storage.local_path(storage.join(a.storage_root, "runs", f"ds={a.ds}"))
+    served = storage.local_path(storage.join(a.storage_root, "serving", a.model_name, str(version_of(a.ds))))
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.exists():
+        print(f"no metrics at {metrics_path}: the run did not evaluate", file=sys.stderr)
+        return 1
+    metrics = json.loads(metrics_path.read_text())
+    print()
+    print(f"partition        {a.ds}")
+    print(f"test accuracy    {metrics['accuracy']:.4f} on {metrics['num_examples']} examples (loss {metrics['loss']:.4f})")
+    print(f"trained model    {run_dir / 'model'}")
+    print(f"metrics          {metrics_path}")
+    print(f"history          {run_dir / 'history.json'}")
+    if (served / "saved_model.pb").exists():
+        print(f"exported model   {served}  (TF Serving layout, signature serving_default)")
+    else:
+        print(f"exported model   none: the gate did not bless this model (see {a.log})")
+    print(f"run log          {a.log}")
+    print(f"task logs        {a.airflow_logs}")
+    if a.seconds:
+        print(f"DAG run took     {a.seconds}s")
+    return 0 if (served / "saved_model.pb").exists() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
