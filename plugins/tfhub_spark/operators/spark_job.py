@@ -84,18 +84,24 @@ class PipelineSparkSubmitOperator(SparkSubmitOperator):
             args += [flag, str(value).lower() if isinstance(value, bool) else str(value)]
         return args
 
-    def execute(self, context) -> None:
+    def prepare_submit(self, context, zip_dir: str) -> None:
+        """Resolves the application, its arguments, the Spark conf, and zips the ``tasks`` package into
+        ``zip_dir`` for ``--py-files``.
+        """
         pipeline = Variable.get(self.pipeline_variable, default=None, deserialize_json=True) or {}
-        tasks_dir = Path(self.tasks_dir or pipeline.get("tasks_dir") or DEFAULT_TASKS_DIR)
+        self.resolved_tasks_dir = Path(self.tasks_dir or pipeline.get("tasks_dir") or DEFAULT_TASKS_DIR)
         self.conf = {**pipeline.get("spark_conf", {}), **self.job_conf(context), **(self.conf or {})}
-        self.application = str(tasks_dir / f"{self.job}.py")
+        self.application = str(self.resolved_tasks_dir / f"{self.job}.py")
         if not os.path.exists(self.application):
             raise FileNotFoundError(f"{self.task_id}: application {self.application} does not exist")
         self.application_args = [*self.build_application_args(), *(self.application_args or [])]
+        archive = build_tasks_zip(self.resolved_tasks_dir, zip_dir)
+        self.py_files = ",".join(p for p in (archive, self.py_files) if p)
+
+    def execute(self, context) -> None:
         with tempfile.TemporaryDirectory(prefix=f"{self.job}-") as tmp:
-            archive = build_tasks_zip(tasks_dir, tmp)
-            self.py_files = ",".join(p for p in (archive, self.py_files) if p)
-            self.log.info("running %s with the tasks package from %s", self.application, tasks_dir)
+            self.prepare_submit(context, tmp)
+            self.log.info("running %s with the tasks package from %s", self.application, self.resolved_tasks_dir)
             return super().execute(context)
 
 
