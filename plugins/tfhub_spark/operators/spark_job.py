@@ -84,11 +84,26 @@ class PipelineSparkSubmitOperator(SparkSubmitOperator):
             args += [flag, str(value).lower() if isinstance(value, bool) else str(value)]
         return args
 
+    #: Variable ``submit_options`` keys and the SparkSubmitOperator attributes they set, so that a deployment can
+    #: choose how spark-submit is tracked (YARN cluster mode needs ``yarn_track_via_rm_api`` when ``durable``).
+    SUBMIT_OPTIONS = {"yarn_track_via_rm_api": "_yarn_track_via_rm_api", "durable": "durable",
+                      "status_poll_interval": "_status_poll_interval", "verbose": "_verbose"}
+
+    def apply_submit_options(self, options: dict[str, Any]) -> None:
+        unknown = sorted(set(options) - set(self.SUBMIT_OPTIONS))
+        if unknown:
+            raise ValueError(f"{self.pipeline_variable}.submit_options has unknown keys {unknown}; "
+                             f"allowed: {sorted(self.SUBMIT_OPTIONS)}")
+        for key, value in options.items():
+            setattr(self, self.SUBMIT_OPTIONS[key], value)
+        self._hook = None  # built from the attributes above
+
     def prepare_submit(self, context, zip_dir: str) -> None:
         """Resolves the application, its arguments, the Spark conf, and zips the ``tasks`` package into
         ``zip_dir`` for ``--py-files``.
         """
         pipeline = Variable.get(self.pipeline_variable, default=None, deserialize_json=True) or {}
+        self.apply_submit_options(pipeline.get("submit_options", {}))
         self.resolved_tasks_dir = Path(self.tasks_dir or pipeline.get("tasks_dir") or DEFAULT_TASKS_DIR)
         self.conf = {**pipeline.get("spark_conf", {}), **self.job_conf(context), **(self.conf or {})}
         self.application = str(self.resolved_tasks_dir / f"{self.job}.py")
