@@ -51,25 +51,41 @@ class StorageHook(BaseHook):
             self._client = WebHDFSHook(webhdfs_conn_id=self.webhdfs_conn_id).get_conn()
         return self._client
 
+    def _hdfs_status(self, path: str) -> dict | None:
+        """The WebHDFS FileStatus of ``path``; None only when it does not exist.
+
+        ``status(path, strict=False)`` would answer None for any error (a permission denied, a namenode in
+        trouble), which a sensor would take for "not there yet" and poke on until its timeout; here only a
+        ``FileNotFoundException`` means absent, and other errors are raised.
+        """
+        from hdfs import HdfsError
+
+        try:
+            return self._webhdfs().status(path)
+        except HdfsError as e:
+            if e.exception == "FileNotFoundException":
+                return None
+            raise
+
     def exists(self, url: str) -> bool:
         scheme, path = self._scheme_path(url)
         if scheme == "file":
             return Path(path).exists()
-        return self._webhdfs().status(path, strict=False) is not None
+        return self._hdfs_status(path) is not None
 
     def list(self, url: str) -> list[Entry]:
-        """Entries directly under a folder; an empty list when it does not exist."""
+        """Entries directly under a folder; an empty list when it does not exist or is a file."""
         scheme, path = self._scheme_path(url)
         if scheme == "file":
             p = Path(path)
             if not p.is_dir():
                 return []
             return [Entry(c.name, c.is_dir(), 0 if c.is_dir() else c.stat().st_size) for c in sorted(p.iterdir())]
-        client = self._webhdfs()
-        if client.status(path, strict=False) is None:
-            return []
+        status = self._hdfs_status(path)
+        if status is None or status["type"] != "DIRECTORY":
+            return []  # the hdfs client's list() raises "is not a directory" for a file
         return [Entry(name, st["type"] == "DIRECTORY", int(st.get("length", 0)))
-                for name, st in client.list(path, status=True)]
+                for name, st in self._webhdfs().list(path, status=True)]
 
     def read_text(self, url: str) -> str:
         scheme, path = self._scheme_path(url)
