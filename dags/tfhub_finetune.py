@@ -13,7 +13,8 @@ import datetime as dt
 
 from airflow.sdk import CronDataIntervalTimetable, Param, chain, dag, task
 
-from tfhub_spark.operators.spark_job import PipelineSparkSubmitOperator, TfHubFinetuneOperator
+from tfhub_spark.assets import SERVED_MODEL
+from tfhub_spark.operators.spark_job import ModelExportOperator, PipelineSparkSubmitOperator, TfHubFinetuneOperator
 from tfhub_spark.partition import MACROS
 from tfhub_spark.sensors.partition import PartitionReadySensor
 
@@ -44,7 +45,12 @@ PARAMS = {
     "fine_tune": Param(True, type="boolean",
                        description="Also train the hub module's weights (otherwise only the classification head)."),
     "min_accuracy": Param(0.9, type="number", minimum=0, maximum=1,
-                          description="Least test accuracy for the model to be exported."),
+                          description="Least test accuracy for the model to be blessed and exported."),
+    "min_class_recall": Param(0.0, type="number", minimum=0, maximum=1,
+                              description="Least recall of every class to bless; 0 turns the check off."),
+    "baseline_tolerance": Param(0.01, type="number", minimum=0, maximum=1,
+                                description="How far below the published model's accuracy (re-scored on the same "
+                                            "test split) the candidate may be and still be blessed."),
 }
 
 
@@ -94,25 +100,32 @@ def tfhub_finetune():
         task_id="evaluate",
         job="evaluate",
         conn_id=SPARK_CONN_ID,
-        job_args={"--examples": EXAMPLES, "--run-dir": RUN_DIR},
+        job_args={"--examples": EXAMPLES, "--run-dir": RUN_DIR, "--serving-root": f"{ROOT}/serving",
+                  "--model-name": MODEL_NAME, "--min-accuracy": "{{ params.min_accuracy }}",
+                  "--min-class-recall": "{{ params.min_class_recall }}",
+                  "--baseline-tolerance": "{{ params.baseline_tolerance }}"},
     )
 
     @task.short_circuit(task_id="gate")
-    def gate(metrics_url: str, min_accuracy: str) -> bool:
-        from tfhub_spark.gate import passes_min_accuracy
+    def gate(blessing_url: str) -> bool:
+        from tfhub_spark.gate import is_blessed
 
-        return passes_min_accuracy(metrics_url, float(min_accuracy), webhdfs_conn_id=WEBHDFS_CONN_ID)
+        return is_blessed(blessing_url, webhdfs_conn_id=WEBHDFS_CONN_ID)
 
-    export_model = PipelineSparkSubmitOperator(
+    export_model = ModelExportOperator(
         task_id="export_model",
-        job="export_model",
         conn_id=SPARK_CONN_ID,
-        job_args={"--run-dir": RUN_DIR, "--examples": EXAMPLES, "--serving-root": f"{ROOT}/serving",
-                  "--model-name": MODEL_NAME, "--version": VERSION},
+        run_dir=RUN_DIR,
+        examples=EXAMPLES,
+        serving_root=f"{ROOT}/serving",
+        model_name=MODEL_NAME,
+        version=VERSION,
+        webhdfs_conn_id=WEBHDFS_CONN_ID,
+        outlets=[SERVED_MODEL],
     )
 
-    chain(wait_for_raw_partition, prepare_examples, finetune, evaluate,
-          gate(f"{RUN_DIR}/metrics.json", "{{ params.min_accuracy }}"), export_model)
+    chain(wait_for_raw_partition, prepare_examples, finetune, evaluate, gate(f"{RUN_DIR}/blessing.json"),
+          export_model)
 
 
 tfhub_finetune()

@@ -1,11 +1,21 @@
-"""spark-submit application: scores the fine-tuned model on the test split into ``metrics.json``.
+"""spark-submit application: scores the fine-tuned model, compares it with the served model, and blesses it or not.
 
-Writes ``<run_dir>/metrics.json``: accuracy, loss, per-class precision and recall, confusion matrix (rows are
-true labels, columns predictions), counts. The ``gate`` task reads it.
+Writes into ``<run_dir>/``:
+
+* ``metrics.json``: accuracy, loss, top-k accuracy, per-class precision/recall/F1, confusion matrix (rows true
+  labels, columns predictions), on the test split;
+* ``blessing.json``: the decision and every reason for it: absolute thresholds (``min_accuracy``, optional
+  ``min_class_recall``) and the comparison with the baseline, the model currently published (the highest
+  numeric version under ``<serving_root>/<model_name>/``) re-scored on the same test split, within
+  ``baseline_tolerance``. No baseline on the first run: absolute thresholds only, and the record says so;
+* ``confusion_matrix.png`` and ``report.md``: what a reviewer opens to decide.
+
+The ``gate`` task reads ``blessing.json``; an unblessed model is not exported.
 
 Usage::
 
-    spark-submit tasks/evaluate.py --examples file:///.../examples/ds=... --run-dir file:///.../runs/ds=...
+    spark-submit tasks/evaluate.py --examples file:///.../examples/ds=... --run-dir file:///.../runs/ds=... \
+        --serving-root file:///.../serving --model-name shapes --min-accuracy 0.9
 """
 
 from __future__ import annotations
@@ -16,10 +26,11 @@ import json
 import logging
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-from tasks import runtime, schema, storage
+from tasks import plots, runtime, schema, storage
 
 log = logging.getLogger("evaluate")
 
@@ -34,6 +45,16 @@ class Config:
     """Split to score."""
     batch_size: int = 64
     """Inference batch size."""
+    serving_root: str = ""
+    """Storage URL of the serving root, where the baseline is looked for; empty: no baseline."""
+    model_name: str = ""
+    """Model name under the serving root."""
+    min_accuracy: float = 0.0
+    """Least accuracy to bless."""
+    min_class_recall: float = 0.0
+    """Least recall of every class to bless; 0 disables the check."""
+    baseline_tolerance: float = 0.01
+    """How much lower than the baseline's accuracy the candidate's may be and still be blessed."""
 
 
 def parse_args(argv: list[str]) -> Config:
@@ -42,12 +63,22 @@ def parse_args(argv: list[str]) -> Config:
     p.add_argument("--run-dir", required=True)
     p.add_argument("--split", default=Config.split, choices=schema.SPLITS)
     p.add_argument("--batch-size", type=int, default=Config.batch_size)
+    p.add_argument("--serving-root", default="")
+    p.add_argument("--model-name", default="")
+    p.add_argument("--min-accuracy", type=float, default=Config.min_accuracy)
+    p.add_argument("--min-class-recall", type=float, default=Config.min_class_recall)
+    p.add_argument("--baseline-tolerance", type=float, default=Config.baseline_tolerance)
     a = p.parse_args(argv)
-    return Config(examples=a.examples, run_dir=a.run_dir, split=a.split, batch_size=a.batch_size)
+    for name in ("min_accuracy", "min_class_recall", "baseline_tolerance"):
+        if not 0 <= getattr(a, name) <= 1:
+            p.error(f"--{name.replace('_', '-')} must be within [0, 1], got {getattr(a, name)}")
+    if bool(a.serving_root) != bool(a.model_name):
+        p.error("--serving-root and --model-name go together")
+    return Config(**vars(a))
 
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, labels: list[str]) -> dict:
-    """Accuracy, mean cross-entropy, per-class precision/recall and the confusion matrix."""
+    """Accuracy, top-k accuracy, mean cross-entropy, per-class precision/recall/F1 and the confusion matrix."""
     n = len(labels)
     y_pred = probs.argmax(axis=1)
     cm = np.zeros((n, n), dtype=np.int64)
@@ -57,15 +88,24 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, labels: list[s
     per_class = {}
     for i, name in enumerate(labels):
         tp, predicted, actual = int(cm[i, i]), int(cm[:, i].sum()), int(cm[i, :].sum())
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / actual if actual else 0.0
         per_class[name] = {
-            "precision": tp / predicted if predicted else 0.0,
-            "recall": tp / actual if actual else 0.0,
+            "precision": precision,
+            "recall": recall,
+            "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
             "support": actual,
         }
+    top_k = {}
+    ranked = np.argsort(-probs, axis=1)
+    for k in (2, 3):
+        if k < n and len(y_true):
+            top_k[f"top_{k}_accuracy"] = float((ranked[:, :k] == y_true[:, None]).any(axis=1).mean())
     return {
         "num_examples": int(len(y_true)),
         "accuracy": float((y_true == y_pred).mean()) if len(y_true) else 0.0,
         "loss": loss,
+        **top_k,
         "per_class": per_class,
         "confusion_matrix": cm.tolist(),
         "labels": labels,
@@ -83,33 +123,150 @@ def predict_split(model, files: list[str], image_size, batch_size: int) -> tuple
     return np.concatenate(ys), np.concatenate(ps)
 
 
+def published_versions(serving_root: str, model_name: str) -> list[int]:
+    """Numeric versions with a complete SavedModel under ``<serving_root>/<model_name>/``, highest last."""
+    folder = storage.local_path(storage.join(serving_root, model_name))
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir()
+                  if p.name.isdigit() and (p / "saved_model.pb").exists())
+
+
+def score_served_model(version_dir: Path, images: list[bytes], labels: list[str], batch_size: int) -> dict:
+    """Accuracy of a published SavedModel on image bytes, through its serving signature, by class name."""
+    from tasks import model as M
+
+    serve = M.tf.saved_model.load(str(version_dir)).signatures["serving_default"]
+    predicted = []
+    for i in range(0, len(images), batch_size):
+        out = serve(image_bytes=M.tf.constant(images[i:i + batch_size]))
+        predicted += [n.decode() for n in out["class_names"].numpy()]
+    correct = sum(p == t for p, t in zip(predicted, labels))
+    return {"accuracy": correct / len(labels) if labels else 0.0, "num_examples": len(labels)}
+
+
+def bless(metrics: dict, cfg: Config, baseline: dict | None) -> dict:
+    """The blessing decision and its reasons."""
+    reasons, blessed = [], True
+    acc = metrics["accuracy"]
+    if acc >= cfg.min_accuracy:
+        reasons.append(f"accuracy {acc:.4f} >= min_accuracy {cfg.min_accuracy:.4f}")
+    else:
+        blessed = False
+        reasons.append(f"accuracy {acc:.4f} < min_accuracy {cfg.min_accuracy:.4f}")
+    if cfg.min_class_recall > 0:
+        low = {n: m["recall"] for n, m in metrics["per_class"].items() if m["recall"] < cfg.min_class_recall}
+        if low:
+            blessed = False
+            reasons.append("recall below min_class_recall %.4f for %s" % (
+                cfg.min_class_recall, ", ".join(f"{n} ({r:.4f})" for n, r in sorted(low.items()))))
+        else:
+            reasons.append(f"every class has recall >= min_class_recall {cfg.min_class_recall:.4f}")
+    if baseline is None:
+        reasons.append("no baseline: nothing is published for this model yet, so only absolute thresholds apply")
+    elif acc >= baseline["accuracy"] - cfg.baseline_tolerance:
+        reasons.append(f"accuracy {acc:.4f} >= baseline version {baseline['version']} accuracy "
+                       f"{baseline['accuracy']:.4f} - tolerance {cfg.baseline_tolerance:.4f}")
+    else:
+        blessed = False
+        reasons.append(f"accuracy {acc:.4f} < baseline version {baseline['version']} accuracy "
+                       f"{baseline['accuracy']:.4f} - tolerance {cfg.baseline_tolerance:.4f}")
+    return {
+        "blessed": blessed,
+        "reasons": reasons,
+        "candidate": {"accuracy": acc, "loss": metrics["loss"], "num_examples": metrics["num_examples"]},
+        "baseline": baseline,
+        "thresholds": {"min_accuracy": cfg.min_accuracy, "min_class_recall": cfg.min_class_recall,
+                       "baseline_tolerance": cfg.baseline_tolerance},
+    }
+
+
+def write_report(path: Path, cfg: Config, manifest: dict, history: dict, finetune_cfg: dict, metrics: dict,
+                 blessing: dict) -> None:
+    """A Markdown report with everything a reviewer needs to decide."""
+    lines = [f"# Evaluation of partition {manifest['partition']}", ""]
+    lines += [f"**Decision: {'BLESSED' if blessing['blessed'] else 'NOT BLESSED'}**", ""]
+    lines += [f"- {r}" for r in blessing["reasons"]] + [""]
+    lines += ["## Run", "", "| setting | value |", "| --- | --- |"]
+    for key in ("hub_module", "num_workers", "epochs", "batch_size", "learning_rate", "fine_tune"):
+        if key in finetune_cfg:
+            lines.append(f"| {key} | `{finetune_cfg[key]}` |")
+    lines += [f"| image size | {history['image_size'][0]}x{history['image_size'][1]} |",
+              f"| training time | {history['train_seconds']:.1f} s |", ""]
+    lines += ["## Data", "", f"Source `{manifest['source']}`, {manifest['num_records']} records.", "",
+              "| label | " + " | ".join(schema.SPLITS) + " |", "| --- |" + " --- |" * len(schema.SPLITS)]
+    for label in manifest["labels"]:
+        lines.append(f"| {label} | " + " | ".join(str(manifest["label_counts"][s][label]) for s in schema.SPLITS)
+                     + " |")
+    lines.append("| **all** | " + " | ".join(str(manifest["counts"][s]) for s in schema.SPLITS) + " |")
+    lines += ["", f"## Metrics on the {cfg.split} split ({metrics['num_examples']} examples)", "",
+              f"- accuracy **{metrics['accuracy']:.4f}**, loss {metrics['loss']:.4f}"]
+    lines += [f"- {k.replace('_', ' ')} {v:.4f}" for k, v in metrics.items() if k.startswith("top_")]
+    base = blessing["baseline"]
+    lines.append(f"- baseline (published version {base['version']}, re-scored on the same examples): accuracy "
+                 f"{base['accuracy']:.4f}" if base else "- baseline: none; this is the first model published "
+                 "under this name, so only absolute thresholds apply")
+    lines += ["", "| class | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |"]
+    for name, m in metrics["per_class"].items():
+        lines.append(f"| {name} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |")
+    lines += ["", "![confusion matrix](confusion_matrix.png)", "", "![training curves](training_curves.png)", ""]
+    path.write_text("\n".join(lines))
+
+
 def run(cfg: Config) -> dict:
+    """Scores, compares, blesses; returns the blessing record."""
     runtime.set_legacy_keras()
     from tasks import model as M
 
     t0 = time.time()
     examples = storage.local_path(cfg.examples)
+    run_dir = storage.local_path(cfg.run_dir)
     manifest = json.loads((examples / schema.MANIFEST).read_text())
-    history = json.loads(storage.read_text(storage.join(cfg.run_dir, "history.json")))
+    history = json.loads((run_dir / "history.json").read_text())
+    finetune_cfg_path = run_dir / "finetune_config.json"
+    finetune_cfg = json.loads(finetune_cfg_path.read_text()) if finetune_cfg_path.exists() else {}
     files = [str(examples / f["name"]) for f in manifest["files"][cfg.split] if f["records"]]
     if not files:
         raise RuntimeError(f"split {cfg.split!r} of {cfg.examples} has no records to evaluate on")
-    model = M.load_trained(str(storage.local_path(storage.join(cfg.run_dir, "model"))))
+    model = M.load_trained(str(run_dir / "model"))
     y, probs = predict_split(model, files, tuple(history["image_size"]), cfg.batch_size)
     if len(y) != manifest["counts"][cfg.split]:
         raise RuntimeError(f"read {len(y)} {cfg.split} records but the manifest counts {manifest['counts'][cfg.split]}")
     metrics = classification_metrics(y, probs, manifest["labels"])
     metrics.update(split=cfg.split, partition=manifest["partition"])
-    storage.write_text_atomic(storage.join(cfg.run_dir, "metrics.json"), json.dumps(metrics, indent=2))
     log.info("%s accuracy %.4f loss %.4f on %d examples (%.1fs)", cfg.split, metrics["accuracy"], metrics["loss"],
              metrics["num_examples"], time.time() - t0)
     width = max(len(n) for n in manifest["labels"])
-    log.info("%s  precision  recall  support", "class".ljust(width))
+    log.info("%s  precision  recall      F1  support", "class".ljust(width))
     for name, m in metrics["per_class"].items():
-        log.info("%s  %9.3f  %6.3f  %7d", name.ljust(width), m["precision"], m["recall"], m["support"])
+        log.info("%s  %9.3f  %6.3f  %6.3f  %7d", name.ljust(width), m["precision"], m["recall"], m["f1"],
+                 m["support"])
     log.info("confusion matrix (rows true, columns predicted, order %s):\n%s", manifest["labels"],
              "\n".join(" ".join(f"{v:4d}" for v in row) for row in metrics["confusion_matrix"]))
-    return metrics
+
+    baseline = None
+    versions = published_versions(cfg.serving_root, cfg.model_name) if cfg.serving_root else []
+    if versions:
+        version_dir = storage.local_path(storage.join(cfg.serving_root, cfg.model_name, str(versions[-1])))
+        images, label_ids = M.read_split(str(examples), manifest, cfg.split)
+        scored = score_served_model(version_dir, images, [manifest["labels"][i] for i in label_ids], cfg.batch_size)
+        baseline = {"version": versions[-1], "path": str(version_dir), **scored}
+        log.info("baseline: published version %d re-scored on the same %d examples: accuracy %.4f", versions[-1],
+                 scored["num_examples"], scored["accuracy"])
+    else:
+        log.info("no baseline: no published version of %r under %s", cfg.model_name, cfg.serving_root or "(none)")
+    blessing = bless(metrics, cfg, baseline)
+    for reason in blessing["reasons"]:
+        log.info("blessing: %s", reason)
+    log.info("decision: %s", "BLESSED" if blessing["blessed"] else "NOT BLESSED")
+
+    plots.confusion_matrix(metrics["confusion_matrix"], manifest["labels"], run_dir / "confusion_matrix.png",
+                           title=f"{manifest['partition']} {cfg.split}: accuracy {metrics['accuracy']:.3f}")
+    write_report(run_dir / "report.md", cfg, manifest, history, finetune_cfg, metrics, blessing)
+    storage.write_text_atomic(storage.join(cfg.run_dir, "metrics.json"), json.dumps(metrics, indent=2))
+    storage.write_text_atomic(storage.join(cfg.run_dir, "blessing.json"), json.dumps(blessing, indent=2))
+    log.info("report: %s", run_dir / "report.md")
+    return blessing
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,11 +3,20 @@
 The exported SavedModel takes encoded image bytes, so clients send JPEG/PNG files as they are: decoding and
 resizing run inside the graph, and the label vocabulary travels as an asset (``labels.txt``).
 
-``serving_default``: ``image_bytes`` (string[N]) -> ``probabilities`` (float[N, C]), ``class_ids`` (int64[N]),
-``class_names`` (string[N]), ``labels`` (string[N, C], the class name of each probability column).
+Signatures, for both of TF Serving's APIs:
 
-Published to ``<serving_root>/<model_name>/<version>/`` (TF Serving's layout) by writing a hidden, non-numeric
-sibling and renaming it into place, so TF Serving never sees a half-written numeric folder.
+* ``serving_default`` (Predict): ``image_bytes`` (string[N]) -> ``probabilities`` (float[N, C]), ``class_ids``
+  (int64[N]), ``class_names`` (string[N]), ``labels`` (string[N, C], the class of each probability column);
+* ``classify`` (Classify, method ``tensorflow/serving/classify``): ``inputs`` (serialized ``tf.train.Example``
+  with the image bytes under ``image/encoded``) -> ``classes`` (string[N, C]) and ``scores`` (float[N, C]).
+
+Warm-up requests (``PredictionLog`` records, Predict and Classify) are in ``assets.extra/tf_serving_warmup_requests``.
+
+Published to ``<serving_root>/<model_name>/<version>/`` (TF Serving's layout): the version is written as a
+hidden, non-numeric sibling, then exchanged with the existing version in one ``renameat2(RENAME_EXCHANGE)`` (or
+renamed into place), so TF Serving never sees a half-written numeric folder. The published version is then
+loaded in a fresh process that runs the warm-up requests and compares the predictions with the evaluated
+model's; if they disagree, the previous version is put back.
 
 Usage::
 
@@ -21,13 +30,17 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import shutil
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-from tasks import runtime, schema, storage
+import tasks
+from tasks import runtime, schema, storage, tfrecord
 
 log = logging.getLogger("export_model")
 
@@ -44,6 +57,11 @@ class Config:
     """Model name: the folder under the serving root."""
     version: int
     """Numeric version folder; derived from the partition so reruns replace it."""
+    warmup_records: int = 8
+    """Test records used for warm-up requests (one Predict request each, one batched Predict, one Classify)."""
+
+WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
+CLASSIFY_METHOD = "tensorflow/serving/classify"
 
 
 def parse_args(argv: list[str]) -> Config:
@@ -92,79 +110,144 @@ def build_serving_module(keras_model, labels_file: str, image_size: tuple[int, i
                 "labels": tf.tile(all_names[None, :], [tf.shape(probs)[0], 1]),
             }
 
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+        def classify(self, serialized):
+            parsed = tf.io.parse_example(serialized, {schema.IMAGE: tf.io.FixedLenFeature([], tf.string)})
+            out = self.serve(parsed[schema.IMAGE])
+            return {"classes": out["labels"], "scores": out["probabilities"]}
+
     return ServingModule()
 
 
-def test_records(examples: str, manifest: dict, limit: int) -> tuple[list[bytes], np.ndarray]:
-    from tasks import tfrecord
+def set_method_name(export_dir: Path, signature: str, method_name: str) -> None:
+    """TF2's ``tf.saved_model.save`` marks every signature as Predict; TF Serving's Classify API needs the
+    signature's method name to say classify, so it is set in ``saved_model.pb`` after saving."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    pb = export_dir / "saved_model.pb"
+    sm = saved_model_pb2.SavedModel()
+    sm.ParseFromString(pb.read_bytes())
+    for meta_graph in sm.meta_graphs:
+        meta_graph.signature_def[signature].method_name = method_name
+    pb.write_bytes(sm.SerializeToString())
+
+
+def write_warmup(path: Path, model_name: str, images: list[bytes]) -> int:
+    """TF Serving warm-up requests: one Predict request per image, one batched, one Classify. Returns the count."""
+    from tensorflow_serving.apis import (classification_pb2, input_pb2, model_pb2, predict_pb2,
+                                         prediction_log_pb2)
 
     from tasks import model as M
 
     tf = M.tf
-    images, labels = [], []
-    for f in manifest["files"]["test"]:
-        with open(storage.local_path(storage.join(examples, f["name"])), "rb") as fh:
-            for rec in tfrecord.read_records(fh):
-                ex = tf.train.Example.FromString(rec).features.feature
-                images.append(ex[schema.IMAGE].bytes_list.value[0])
-                labels.append(ex[schema.LABEL].int64_list.value[0])
-                if len(images) >= limit:
-                    return images, np.array(labels)
-    return images, np.array(labels)
+    logs = []
+    for batch in [[img] for img in images] + [images]:
+        req = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=model_name,
+                                                                        signature_name="serving_default"))
+        req.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto(batch, dtype=tf.string))
+        logs.append(prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=req)))
+    examples = [tf.train.Example(features=tf.train.Features(feature={
+        schema.IMAGE: tf.train.Feature(bytes_list=tf.train.BytesList(value=[img]))})) for img in images]
+    creq = classification_pb2.ClassificationRequest(
+        model_spec=model_pb2.ModelSpec(name=model_name, signature_name="classify"),
+        input=input_pb2.Input(example_list=input_pb2.ExampleList(examples=examples)))
+    logs.append(prediction_log_pb2.PredictionLog(classify_log=prediction_log_pb2.ClassifyLog(request=creq)))
+    if len(logs) > 1000:
+        raise ValueError(f"{len(logs)} warm-up requests; TF Serving reads at most 1000")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        tfrecord.write_records(f, (log_.SerializeToString() for log_ in logs))
+    return len(logs)
+
+
+def verify_in_fresh_process(version_dir: Path, expected: Path, timeout: int = 300) -> None:
+    """Loads the published model in a new Python process (plain TensorFlow, as a server would) and checks it.
+
+    Raises:
+        RuntimeError: with the checker's output, when it fails.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    # The tasks package may come from a --py-files zip: hand its location to the child.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(tasks.__file__).parents[1]), env.get("PYTHONPATH")) if p)
+    res = subprocess.run([sys.executable, "-m", "tasks.verify_export", "--model-dir", str(version_dir),
+                          "--expected", str(expected)], capture_output=True, text=True, timeout=timeout, env=env)
+    for line in (res.stdout + res.stderr).splitlines():
+        if "verify_export" in line or "Error" in line:
+            log.info("%s", line)
+    if res.returncode != 0:
+        raise RuntimeError(f"published model {version_dir} failed its check in a fresh process "
+                           f"(exit {res.returncode}):\n{(res.stdout + res.stderr)[-3000:]}")
 
 
 def run(cfg: Config) -> str:
-    """Exports and publishes; returns the published version's URL."""
+    """Exports, publishes and verifies; returns the published version's URL."""
     runtime.set_legacy_keras()
     from tasks import model as M
 
     tf = M.tf
     t0 = time.time()
-    history = json.loads(storage.read_text(storage.join(cfg.run_dir, "history.json")))
+    run_dir = storage.local_path(cfg.run_dir)
+    history = json.loads((run_dir / "history.json").read_text())
     manifest = json.loads(storage.read_text(storage.join(cfg.examples, schema.MANIFEST)))
     labels, image_size = history["labels"], tuple(history["image_size"])
-    keras_model = M.load_trained(str(storage.local_path(storage.join(cfg.run_dir, "model"))))
+    keras_model = M.load_trained(str(run_dir / "model"))
+    images, y = M.read_split(str(storage.local_path(cfg.examples)), manifest, "test", limit=cfg.warmup_records)
+    if not images:
+        images, y = M.read_split(str(storage.local_path(cfg.examples)), manifest, "train", limit=cfg.warmup_records)
+    expected = keras_model(tf.stack([M.decode_image(b, image_size) for b in images]), training=False).numpy()
 
     version_url = storage.join(cfg.serving_root, cfg.model_name, str(cfg.version))
     storage.clean_stale(version_url)
     staging = storage.staging_dir(version_url)
+    scratch = staging.with_name(staging.name + "-assets")
     try:
-        scratch = staging.with_name(staging.name + "-assets")
         scratch.mkdir()
         labels_file = scratch / "labels.txt"
         labels_file.write_text("".join(name + "\n" for name in labels))
         module = build_serving_module(keras_model, str(labels_file), image_size)
-        tf.saved_model.save(module, str(staging), signatures={"serving_default": module.serve})
-        shutil.rmtree(scratch)
+        tf.saved_model.save(module, str(staging),
+                            signatures={"serving_default": module.serve, "classify": module.classify})
+        set_method_name(staging, "classify", CLASSIFY_METHOD)
+        n_warmup = write_warmup(staging / WARMUP_FILE, cfg.model_name, images)
 
         # Check the export against the model it came from before anyone can load it.
-        images, y = test_records(cfg.examples, manifest, limit=64)
-        if images:
-            served = tf.saved_model.load(str(staging)).signatures["serving_default"]
-            out = served(image_bytes=tf.constant(images))
-            expected = keras_model(tf.stack([M.decode_image(b, image_size) for b in images]), training=False).numpy()
-            diff = float(np.abs(out["probabilities"].numpy() - expected).max())
-            if diff > 1e-4:
-                raise RuntimeError(f"exported model disagrees with the trained model by {diff:.2e} on test records")
-            names = [n.decode() for n in out["class_names"].numpy()]
-            if names != [labels[i] for i in expected.argmax(axis=1)]:
-                raise RuntimeError("exported class names do not match the label vocabulary")
-            log.info("export check: %d test records, max probability difference %.2e, accuracy %.3f", len(images),
-                     diff, float((expected.argmax(axis=1) == y).mean()))
-        (staging / "assets.extra").mkdir(exist_ok=True)
-        metrics_url = storage.join(cfg.run_dir, "metrics.json")
+        out = tf.saved_model.load(str(staging)).signatures["serving_default"](image_bytes=tf.constant(images))
+        diff = float(np.abs(out["probabilities"].numpy() - expected).max())
+        if diff > 1e-4:
+            raise RuntimeError(f"exported model disagrees with the trained model by {diff:.2e} on test records")
+        if [n.decode() for n in out["class_names"].numpy()] != [labels[i] for i in expected.argmax(axis=1)]:
+            raise RuntimeError("exported class names do not match the label vocabulary")
         provenance = {"run_dir": cfg.run_dir, "examples": cfg.examples, "partition": manifest["partition"],
-                      "hub_module": history["hub_module"], "labels": labels}
-        if storage.exists(metrics_url):
-            m = json.loads(storage.read_text(metrics_url))
+                      "hub_module": history["hub_module"], "labels": labels, "version": cfg.version}
+        metrics_path = run_dir / "metrics.json"
+        if metrics_path.exists():
+            m = json.loads(metrics_path.read_text())
             provenance["metrics"] = {"accuracy": m["accuracy"], "loss": m["loss"]}
         (staging / "assets.extra" / "provenance.json").write_text(json.dumps(provenance, indent=2))
-        storage.commit_dir(staging, version_url)
+        check = run_dir / "export_check.json"
+        check.write_text(json.dumps({"labels": labels, "images": len(images), "expected": expected.tolist()}))
+        log.info("exported to staging %s: %d warm-up requests, max difference from the trained model %.2e", staging,
+                 n_warmup, diff)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(staging.with_name(staging.name + "-assets"), ignore_errors=True)
         raise
-    log.info("published %s (%.1fs)", version_url, time.time() - t0)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    previous = storage.swap_in(staging, version_url)
+    version_dir = storage.local_path(version_url)
+    log.info("published %s (%s)", version_url, "replacing the previous copy of this version" if previous else "new")
+    try:
+        verify_in_fresh_process(version_dir, check)
+    except BaseException:
+        storage.roll_back(version_url, previous)
+        log.error("rolled back %s: %s", version_url, "previous copy restored" if previous else "removed")
+        raise
+    storage.discard(previous)
+    published = {"url": version_url, "path": str(version_dir), "model_name": cfg.model_name, "version": cfg.version,
+                 "verified": True, **provenance.get("metrics", {})}
+    storage.write_text_atomic(storage.join(cfg.run_dir, "published.json"), json.dumps(published, indent=2))
+    log.info("verified %s in a fresh process (%.1fs)", version_url, time.time() - t0)
     return version_url
 
 

@@ -252,6 +252,11 @@ def run(cfg: Config, spark=None) -> dict:
                "image_size": list(image_size), "labels": manifest["labels"], "hub_module": cfg.hub_module,
                "worker_files": {r["rank"]: r["files"] for r in results}}
     storage.write_text_atomic(storage.join(cfg.run_dir, "history.json"), json.dumps(history, indent=2))
+    if chief["history"]:
+        from tasks import plots
+
+        plots.training_curves(chief["history"], storage.local_path(storage.join(cfg.run_dir, "training_curves.png")),
+                              title=f"{manifest['partition']}: {cfg.num_workers} workers, fine_tune={cfg.fine_tune}")
     last = chief["history"][-1] if chief["history"] else {}
     log.info("fine-tuning done in %.1fs: final loss %.4f accuracy %.4f val_accuracy %.4f; model at %s",
              time.time() - t0, last.get("loss", float("nan")), last.get("accuracy", float("nan")),

@@ -131,3 +131,17 @@ class ProgressLogger(tf.keras.callbacks.Callback):
                  "%.1f examples/s, %.1fs, eta %.0fs", self.worker, epoch + 1, self.epochs, row.get("loss", 0),
                  row.get("accuracy", 0), row.get("val_loss", float("nan")), row.get("val_accuracy", float("nan")),
                  row["examples_per_sec"], dt, eta)
+
+
+def read_split(examples_dir: str, manifest: dict, split: str, limit: int | None = None) -> tuple[list[bytes], list[int]]:
+    """Encoded images and label ids of a split, in manifest file order (for scoring exported models, which take
+    image bytes)."""
+    images, labels = [], []
+    files = [f"{examples_dir}/{f['name']}" for f in manifest["files"][split] if f["records"]]
+    for serialized in tf.data.TFRecordDataset(files) if files else []:
+        ex = tf.train.Example.FromString(serialized.numpy()).features.feature
+        images.append(ex[schema.IMAGE].bytes_list.value[0])
+        labels.append(int(ex[schema.LABEL].int64_list.value[0]))
+        if limit is not None and len(images) >= limit:
+            break
+    return images, labels

@@ -7,6 +7,7 @@ something the stage can open and gives the stages one atomic-commit primitive.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import uuid
@@ -81,27 +82,83 @@ def staging_dir(url: str) -> Path:
     return staging
 
 
-def commit_dir(staging: Path, url: str) -> None:
-    """Puts a finished staging folder in place of ``url``.
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
 
-    A plain ``rename`` onto an existing folder fails (or, with ``mv``, nests the new folder inside the old),
-    so an existing output is first renamed aside, the new one renamed in, and the old one deleted. Readers
-    see the old complete folder or the new complete folder; the window in between, where the path is
-    absent, is two renames long.
+
+def exchange(a: Path, b: Path) -> None:
+    """Swaps two paths in one step with Linux ``renameat2(RENAME_EXCHANGE)``.
+
+    Raises:
+        OSError: when the kernel, the C library or the file system cannot (ENOSYS, EINVAL, EXDEV...).
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        raise OSError(errno.ENOSYS, "renameat2 is not available in this C library")
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"renameat2({a}, {b}, RENAME_EXCHANGE): {os.strerror(err)}")
+
+
+def swap_in(staging: Path, url: str) -> Path | None:
+    """Puts a finished staging folder at ``url`` and keeps what was there.
+
+    A plain ``rename`` onto an existing folder fails (and ``mv`` nests the new folder inside the old), so an
+    existing output is exchanged with the staging folder in one ``renameat2(RENAME_EXCHANGE)``: readers (and
+    TF Serving's poller) see the old complete folder, then the new complete one, never a gap or a partial
+    folder. Where the file system cannot exchange, the old folder is renamed aside first (a gap of one rename).
+
+    Returns:
+        Where the previous output now is (a hidden sibling), or None when there was none. Pass it to
+        ``discard`` once the new output is accepted, or to ``roll_back`` to restore it.
     """
     target = local_path(url)
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex}")
-        os.rename(target, old)
+    if not target.exists():
+        os.rename(staging, target)
+        return None
+    try:
+        exchange(staging, target)
+        return staging
+    except OSError as e:
+        if e.errno not in (errno.ENOSYS, errno.EINVAL, errno.EXDEV, errno.EPERM, errno.ENOTSUP):
+            raise
+    aside = target.with_name(f".{target.name}.old-{uuid.uuid4().hex}")
+    os.rename(target, aside)
     try:
         os.rename(staging, target)
     except BaseException:
-        if old is not None:
-            os.rename(old, target)
+        os.rename(aside, target)
         raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    return aside
+
+
+def discard(previous: Path | None) -> None:
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
+
+
+def roll_back(url: str, previous: Path | None) -> None:
+    """Undoes ``swap_in``: the previous output goes back in place (or the path is removed if there was none)."""
+    target = local_path(url)
+    rejected = target.with_name(f".{target.name}.rejected-{uuid.uuid4().hex}")
+    if previous is None:
+        os.rename(target, rejected)
+    else:
+        try:
+            exchange(previous, target)
+            rejected = previous
+        except OSError:
+            os.rename(target, rejected)
+            os.rename(previous, target)
+    shutil.rmtree(rejected, ignore_errors=True)
+
+
+def commit_dir(staging: Path, url: str) -> None:
+    """Puts a finished staging folder in place of ``url`` (see ``swap_in``) and deletes the old output."""
+    discard(swap_in(staging, url))
 
 
 def clean_stale(url: str) -> None:
@@ -110,5 +167,5 @@ def clean_stale(url: str) -> None:
     if not target.parent.exists():
         return
     for p in target.parent.iterdir():
-        if p.name.startswith(f".{target.name}.staging-") or p.name.startswith(f".{target.name}.old-"):
+        if p.name.startswith(tuple(f".{target.name}.{kind}-" for kind in ("staging", "old", "rejected"))):
             shutil.rmtree(p, ignore_errors=True)

@@ -10,22 +10,20 @@ from tfhub_spark.hooks.storage import StorageHook
 log = logging.getLogger(__name__)
 
 
-def passes_min_accuracy(metrics_url: str, min_accuracy: float, webhdfs_conn_id: str = "webhdfs_default") -> bool:
-    """Reads ``metrics.json`` and says whether the model may be exported.
+def is_blessed(blessing_url: str, webhdfs_conn_id: str = "webhdfs_default") -> bool:
+    """Reads the evaluation's blessing record and says whether the model may be exported.
 
-    :param metrics_url: storage URL of the evaluation's ``metrics.json``.
-    :param min_accuracy: the least test accuracy to export.
-    :return: True to export; False skips the export (the run still succeeds).
+    :param blessing_url: storage URL of the evaluate task's ``blessing.json``.
+    :return: True to export; False skips the export and what follows it (the run still succeeds).
     """
     hook = StorageHook(webhdfs_conn_id=webhdfs_conn_id)
-    if not hook.exists(metrics_url):
-        raise FileNotFoundError(f"{metrics_url} does not exist: the evaluate task did not write its metrics")
-    metrics = json.loads(hook.read_text(metrics_url))
-    accuracy = float(metrics["accuracy"])
-    if accuracy >= min_accuracy:
-        log.info("blessed: test accuracy %.4f >= min_accuracy %.4f on %d examples", accuracy, min_accuracy,
-                 metrics["num_examples"])
+    if not hook.exists(blessing_url):
+        raise FileNotFoundError(f"{blessing_url} does not exist: the evaluate task did not write its blessing")
+    blessing = json.loads(hook.read_text(blessing_url))
+    for reason in blessing["reasons"]:
+        log.info("blessing: %s", reason)
+    if blessing["blessed"]:
+        log.info("BLESSED: exporting (accuracy %.4f)", blessing["candidate"]["accuracy"])
         return True
-    log.warning("not blessed, export skipped: test accuracy %.4f < min_accuracy %.4f on %d examples", accuracy,
-                min_accuracy, metrics["num_examples"])
+    log.warning("NOT BLESSED: export skipped; see %s and the report beside it", blessing_url)
     return False

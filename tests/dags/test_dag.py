@@ -21,7 +21,7 @@ def dagbag():
 
 def test_no_import_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert list(dagbag.dags) == ["tfhub_finetune"]
+    assert sorted(dagbag.dags) == ["tfhub_finetune", "tfhub_model_consumer"]
 
 
 def test_task_graph_is_the_pipeline(dagbag):
@@ -33,11 +33,18 @@ def test_task_graph_is_the_pipeline(dagbag):
     assert dag.get_task("export_model").downstream_task_ids == set()
     assert dag.get_task("finetune").pool == "tfhub_training"
     assert type(dag.get_task("finetune")).__name__ == "TfHubFinetuneOperator"
+    assert [o.name for o in dag.get_task("export_model").outlets] == ["tfhub_served_model"]
+
+
+def test_consumer_is_scheduled_on_the_published_model(dagbag):
+    consumer = dagbag.dags["tfhub_model_consumer"]
+    assert [a.name for a in consumer.timetable.asset_condition.objects] == ["tfhub_served_model"]
 
 
 def test_params_have_defaults_for_scheduled_runs(dagbag):
     params = dagbag.dags["tfhub_finetune"].params
-    for name in ("hub_module", "epochs", "batch_size", "learning_rate", "num_workers", "fine_tune", "min_accuracy"):
+    for name in ("hub_module", "epochs", "batch_size", "learning_rate", "num_workers", "fine_tune", "min_accuracy",
+                 "min_class_recall", "baseline_tolerance"):
         assert params[name] is not None, name
     assert params["partition"] is None
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tfhub_spark.gate import passes_min_accuracy
+from tfhub_spark.gate import is_blessed
 from tfhub_spark.partition import partition_date, partition_version
 from tfhub_spark.sensors.partition import PartitionReadySensor
 
@@ -41,10 +41,13 @@ def test_partition_comes_from_param_or_data_interval():
     assert partition_version("2026-11-20") == 20261120
 
 
-def test_gate_blesses_only_above_min_accuracy(tmp_path):
-    metrics = tmp_path / "metrics.json"
-    metrics.write_text(json.dumps({"accuracy": 0.93, "num_examples": 100}))
-    assert passes_min_accuracy(f"file://{metrics}", 0.9) is True
-    assert passes_min_accuracy(f"file://{metrics}", 0.95) is False
-    with pytest.raises(FileNotFoundError, match="evaluate task did not write"):
-        passes_min_accuracy(f"file://{tmp_path}/missing.json", 0.9)
+def test_gate_follows_the_blessing_record(tmp_path):
+    record = tmp_path / "blessing.json"
+    record.write_text(json.dumps({"blessed": True, "reasons": ["accuracy 0.93 >= min_accuracy 0.9"],
+                                  "candidate": {"accuracy": 0.93}}))
+    assert is_blessed(f"file://{record}") is True
+    record.write_text(json.dumps({"blessed": False, "reasons": ["accuracy 0.5 < baseline"],
+                                  "candidate": {"accuracy": 0.5}}))
+    assert is_blessed(f"file://{record}") is False
+    with pytest.raises(FileNotFoundError, match="evaluate task did not write its blessing"):
+        is_blessed(f"file://{tmp_path}/missing.json")

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,7 +38,8 @@ def test_barrier_stage_trains_and_only_the_chief_writes(trained):
     root, _, run_dir, history = trained
     run = root / "runs" / "ds=2026-11-20"
     assert (run / "model" / "saved_model.pb").exists()
-    assert sorted(p.name for p in run.iterdir()) == ["finetune_config.json", "history.json", "model"]
+    assert sorted(p.name for p in run.iterdir()) == ["finetune_config.json", "history.json", "model",
+                                                     "training_curves.png"]
     saved = json.loads((run / "history.json").read_text())
     assert saved["num_workers"] == 2 and len(saved["history"]) == 2
     assert {"loss", "accuracy", "examples_per_sec", "val_accuracy"} <= set(saved["history"][0])
@@ -45,28 +50,57 @@ def test_barrier_stage_trains_and_only_the_chief_writes(trained):
         json.loads((root / "examples/ds=2026-11-20/manifest.json").read_text())["counts"]["train"], 8)
 
 
-def test_evaluate_writes_metrics_for_the_test_split(trained):
+def serving_cfg(root, examples, run_dir, version=20261120):
+    return X.Config(run_dir=run_dir, examples=examples, serving_root=f"file://{root}/serving", model_name="shapes",
+                    version=version)
+
+
+def test_first_evaluation_has_no_baseline_and_writes_the_report(trained):
     root, examples, run_dir, _ = trained
-    metrics = E.run(E.Config(examples=examples, run_dir=run_dir))
+    blessing = E.run(E.Config(examples=examples, run_dir=run_dir, serving_root=f"file://{root}/serving",
+                              model_name="shapes", min_accuracy=0.0))
+    run = root / "runs" / "ds=2026-11-20"
+    metrics = json.loads((run / "metrics.json").read_text())
     manifest = json.loads((root / "examples/ds=2026-11-20/manifest.json").read_text())
     assert metrics["num_examples"] == manifest["counts"]["test"]
     assert np.array(metrics["confusion_matrix"]).sum() == manifest["counts"]["test"]
     assert set(metrics["per_class"]) == set(manifest["labels"])
-    assert json.loads((root / "runs/ds=2026-11-20/metrics.json").read_text()) == json.loads(json.dumps(metrics))
+    assert {"precision", "recall", "f1", "support"} == set(next(iter(metrics["per_class"].values())))
+    assert "top_2_accuracy" in metrics and "top_3_accuracy" in metrics
+    assert blessing["blessed"] is True and blessing["baseline"] is None
+    assert any(r.startswith("no baseline") for r in blessing["reasons"])
+    assert json.loads((run / "blessing.json").read_text()) == blessing
+    report = (run / "report.md").read_text()
+    assert "BLESSED" in report and "baseline: none" in report and "hub_module" in report
+    assert (run / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_export_publishes_a_servable_version_and_replaces_it_on_rerun(trained):
+def test_blessing_reasons():
+    metrics = {"accuracy": 0.8, "loss": 0.5, "num_examples": 100,
+               "per_class": {"a": {"recall": 0.9}, "b": {"recall": 0.6}}}
+    cfg = E.Config(examples="", run_dir="", min_accuracy=0.75, min_class_recall=0.7, baseline_tolerance=0.02)
+    b = E.bless(metrics, cfg, {"version": 20261119, "accuracy": 0.81})
+    assert b["blessed"] is False
+    assert "recall below min_class_recall 0.7000 for b (0.6000)" in b["reasons"]
+    assert any("baseline version 20261119" in r and ">=" in r for r in b["reasons"])
+    cfg.min_class_recall = 0
+    assert E.bless(metrics, cfg, {"version": 20261119, "accuracy": 0.81})["blessed"] is True
+    worse = E.bless(metrics, cfg, {"version": 20261119, "accuracy": 0.85})
+    assert worse["blessed"] is False
+    assert worse["reasons"][-1] == ("accuracy 0.8000 < baseline version 20261119 accuracy 0.8500 - tolerance "
+                                    "0.0200")
+
+
+def test_export_publishes_a_servable_version(trained):
     root, examples, run_dir, _ = trained
-    cfg = X.Config(run_dir=run_dir, examples=examples, serving_root=f"file://{root}/serving", model_name="shapes",
-                   version=20261120)
-    url = X.run(cfg)
+    url = X.run(serving_cfg(root, examples, run_dir))
     version = root / "serving" / "shapes" / "20261120"
     assert url.endswith("/serving/shapes/20261120") and (version / "saved_model.pb").exists()
     assert (version / "assets" / "labels.txt").read_text().split() == json.loads(
         (root / "runs/ds=2026-11-20/history.json").read_text())["labels"]
-    X.run(cfg)  # a rerun replaces the version: one folder, no leftovers, nothing nested
-    assert sorted(p.name for p in (root / "serving" / "shapes").iterdir()) == ["20261120"]
-    assert not (version / "20261120").exists()
+    published = json.loads((root / "runs/ds=2026-11-20/published.json").read_text())
+    assert published["verified"] is True and published["version"] == 20261120
 
     # A fresh process loads it with plain TensorFlow and classifies raw image bytes.
     image = next((root / "raw" / "ds=2026-11-20" / "images").iterdir()).read_bytes()
@@ -86,14 +120,124 @@ def test_export_publishes_a_servable_version_and_replaces_it_on_rerun(trained):
     assert out["class_names"][0] == labels[out["class_ids"][0]]
 
 
+def test_saved_model_cli_lists_predict_and_classify_signatures(trained):
+    root = trained[0]
+    version = root / "serving" / "shapes" / "20261120"
+    cli = Path(sys.executable).parent / "saved_model_cli"
+    res = subprocess.run([str(cli), "show", "--dir", str(version), "--all"], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = res.stdout
+    assert "signature_def['serving_default']" in out and "signature_def['classify']" in out
+    assert "Method name is: tensorflow/serving/classify" in out
+    assert "Method name is: tensorflow/serving/predict" in out
+    assert "inputs['image_bytes']" in out and "inputs['inputs']" in out
+    assert "outputs['classes']" in out and "outputs['scores']" in out
+
+
+def test_warmup_requests_parse_as_prediction_logs(trained):
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from tasks import tfrecord
+
+    version = trained[0] / "serving" / "shapes" / "20261120"
+    with open(version / X.WARMUP_FILE, "rb") as f:
+        logs = [prediction_log_pb2.PredictionLog.FromString(r) for r in tfrecord.read_records(f)]
+    kinds = [entry.WhichOneof("log_type") for entry in logs]
+    assert 2 <= len(logs) <= 1000
+    assert kinds.count("classify_log") == 1 and kinds.count("predict_log") == len(logs) - 1
+    assert logs[0].predict_log.request.model_spec.name == "shapes"
+    assert logs[-1].classify_log.request.model_spec.signature_name == "classify"
+
+
+def test_rerun_replaces_the_version_and_readers_never_see_a_partial_one(trained):
+    root, examples, run_dir, _ = trained
+    folder = root / "serving" / "shapes"
+    X.run(serving_cfg(root, examples, run_dir))
+    seen, stop = [], threading.Event()
+
+    def poll():
+        # What TF Serving does: list numeric folders, look inside.
+        while not stop.is_set():
+            for p in folder.iterdir():
+                if p.name.isdigit():
+                    try:
+                        names = set(os.listdir(p))
+                    except FileNotFoundError:
+                        continue
+                    seen.append(names)
+
+    t = threading.Thread(target=poll)
+    t.start()
+    try:
+        X.run(serving_cfg(root, examples, run_dir))
+    finally:
+        stop.set()
+        t.join()
+    complete = {"saved_model.pb", "variables", "assets", "assets.extra", "fingerprint.pb"}
+    assert seen and all(complete <= names for names in seen), [n for n in seen if not complete <= n][:3]
+    assert sorted(p.name for p in folder.iterdir()) == ["20261120"]
+    assert not (folder / "20261120" / "20261120").exists()
+
+
+def test_killed_export_leaves_the_previous_version_and_no_numeric_partial(trained):
+    root, examples, run_dir, _ = trained
+    folder = root / "serving" / "shapes"
+    X.run(serving_cfg(root, examples, run_dir))
+    before = (folder / "20261120" / "saved_model.pb").read_bytes()
+    cmd = [sys.executable, "-m", "tasks.export_model", "--run-dir", run_dir, "--examples", examples,
+           "--serving-root", f"file://{root}/serving", "--model-name", "shapes", "--version", "20261120"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(p.name.startswith(".20261120.staging-") and any(p.iterdir())
+                                             for p in folder.iterdir() if p.is_dir()):
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert (folder / "20261120" / "saved_model.pb").read_bytes() == before
+    assert [p.name for p in folder.iterdir() if p.name.isdigit()] == ["20261120"]
+    X.run(serving_cfg(root, examples, run_dir))  # the next run cleans the leftovers
+    assert sorted(p.name for p in folder.iterdir()) == ["20261120"]
+
+
+def test_a_failed_check_after_publishing_restores_the_previous_version(trained, monkeypatch):
+    root, examples, run_dir, _ = trained
+    folder = root / "serving" / "shapes"
+    X.run(serving_cfg(root, examples, run_dir))
+    before = {p.name: p.stat().st_ino for p in (folder / "20261120").iterdir()}
+
+    def broken(version_dir, expected, timeout=300):
+        raise RuntimeError("predictions disagree")
+
+    monkeypatch.setattr(X, "verify_in_fresh_process", broken)
+    with pytest.raises(RuntimeError, match="predictions disagree"):
+        X.run(serving_cfg(root, examples, run_dir))
+    assert {p.name: p.stat().st_ino for p in (folder / "20261120").iterdir()} == before
+    with pytest.raises(RuntimeError, match="predictions disagree"):
+        X.run(serving_cfg(root, examples, run_dir, version=20261121))
+    assert sorted(p.name for p in folder.iterdir()) == ["20261120"]
+
+
+def test_second_evaluation_compares_with_the_published_baseline(trained):
+    root, examples, run_dir, _ = trained
+    X.run(serving_cfg(root, examples, run_dir))
+    blessing = E.run(E.Config(examples=examples, run_dir=run_dir, serving_root=f"file://{root}/serving",
+                              model_name="shapes", baseline_tolerance=0.0))
+    # The baseline is this very model, re-scored through its serving signature: same accuracy, blessed.
+    assert blessing["baseline"]["version"] == 20261120
+    assert blessing["baseline"]["accuracy"] == pytest.approx(blessing["candidate"]["accuracy"])
+    assert blessing["blessed"] is True
+
+
 def test_classification_metrics_on_known_predictions():
     y = np.array([0, 0, 1, 1, 2])
     probs = np.array([[0.9, 0.1, 0], [0.2, 0.8, 0], [0.1, 0.9, 0], [0.6, 0.4, 0], [0, 0, 1.0]])
     m = E.classification_metrics(y, probs, ["a", "b", "c"])
     assert m["accuracy"] == pytest.approx(3 / 5)
     assert m["confusion_matrix"] == [[1, 1, 0], [1, 1, 0], [0, 0, 1]]
-    assert m["per_class"]["a"] == {"precision": 0.5, "recall": 0.5, "support": 2}
-    assert m["per_class"]["c"] == {"precision": 1.0, "recall": 1.0, "support": 1}
+    assert m["per_class"]["a"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
+    assert m["per_class"]["c"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1}
+    assert m["top_2_accuracy"] == pytest.approx(1.0)
     assert m["loss"] == pytest.approx(-np.mean(np.log([0.9, 0.2, 0.9, 0.4, 1.0])), rel=1e-6)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import zipfile
@@ -184,3 +185,50 @@ class TfHubFinetuneOperator(PipelineSparkSubmitOperator):
             **(self.job_args or {}),
         }
         return super().build_application_args()
+
+
+class ModelExportOperator(PipelineSparkSubmitOperator):
+    """Exports the blessed model for TF Serving, publishes it atomically and verifies it (``tasks/export_model.py``).
+
+    Returns (to XCom) the published model's path, version and headline metrics, and attaches them to the
+    events of its outlet assets, so a downstream DAG scheduled on the asset knows what was published.
+
+    :param run_dir: storage URL of the run folder (templated).
+    :param examples: storage URL of the prepared dataset (templated).
+    :param serving_root: storage URL of the serving root (templated).
+    :param model_name: model folder under the serving root (templated).
+    :param version: numeric version (templated).
+    :param webhdfs_conn_id: WebHDFS connection for reading the result on ``hdfs://``.
+    """
+
+    template_fields: Sequence[str] = (
+        *PipelineSparkSubmitOperator.template_fields, "run_dir", "examples", "serving_root", "model_name", "version",
+    )
+    ui_color = "#e8f5e9"
+
+    def __init__(self, *, run_dir: str, examples: str, serving_root: str, model_name: str, version: str | int,
+                 webhdfs_conn_id: str = "webhdfs_default", **kwargs: Any) -> None:
+        super().__init__(job="export_model", **kwargs)
+        self.run_dir = run_dir
+        self.examples = examples
+        self.serving_root = serving_root
+        self.model_name = model_name
+        self.version = version
+        self.webhdfs_conn_id = webhdfs_conn_id
+
+    def build_application_args(self) -> list[str]:
+        self.job_args = {"--run-dir": self.run_dir, "--examples": self.examples, "--serving-root": self.serving_root,
+                         "--model-name": self.model_name, "--version": self.version, **(self.job_args or {})}
+        return super().build_application_args()
+
+    def execute(self, context) -> dict[str, Any]:
+        super().execute(context)
+        from tfhub_spark.hooks.storage import StorageHook
+
+        url = self.run_dir.rstrip("/") + "/published.json"
+        published = json.loads(StorageHook(webhdfs_conn_id=self.webhdfs_conn_id).read_text(url))
+        self.log.info("published %s version %s: %s (accuracy %s)", published["model_name"], published["version"],
+                      published["url"], published.get("accuracy"))
+        for outlet in self.outlets or []:
+            context["outlet_events"][outlet].extra = dict(published)
+        return published
