@@ -51,6 +51,36 @@ def dag_run(tmp_path_factory):
     return base, storage, res
 
 
+def shuffle_train_labels(partition: Path, fractions=(0.7, 0.1, 0.2), seed: int = 3) -> None:
+    """Permutes the labels of the records that land in the train split: a model trained on it learns noise,
+    while the eval and test splits keep their true labels."""
+    import random
+
+    rows = list(csv.DictReader(open(partition / "labels.csv")))
+    train = [r for r in rows if schema.split_of(r["path"], fractions) == "train"]
+    labels = [r["label"] for r in train]
+    random.Random(seed).shuffle(labels)
+    for r, label in zip(train, labels):
+        r["label"] = label
+    with open(partition / "labels.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["path", "label"])
+        w.writeheader()
+        w.writerows(rows)
+
+
+@pytest.fixture(scope="module")
+def worse_candidate_run(dag_run):
+    """A second day whose training labels are shuffled; min_accuracy 0 so that only the baseline can refuse it."""
+    base, storage, first = dag_run
+    assert first.returncode == 0, "the first run must publish the baseline"
+    env = airflow_env(base / "airflow", storage)
+    part = Path(make_dataset.run(make_dataset.Config(raw_root=f"file://{storage}/raw", ds="2026-11-21"))[7:])
+    shuffle_train_labels(part)
+    res = sh("airflow dags test tfhub_finetune 2026-11-22 -c '{\"min_accuracy\": 0.0}'", env, timeout=1500)
+    (base / "dags-test-worse.log").write_text(res.stdout + res.stderr)
+    return storage, res
+
+
 def test_dag_run_succeeds(dag_run):
     base, _, res = dag_run
     out = res.stdout + res.stderr
@@ -85,6 +115,31 @@ def test_test_accuracy_meets_the_bar(dag_run):
     _, storage, _ = dag_run
     metrics = json.loads((storage / "runs" / f"ds={DS}" / "metrics.json").read_text())
     assert metrics["accuracy"] >= 0.9, metrics
+
+
+def test_first_run_is_blessed_without_baseline_and_reports_it(dag_run):
+    _, storage, _ = dag_run
+    run = storage / "runs" / f"ds={DS}"
+    blessing = json.loads((run / "blessing.json").read_text())
+    assert blessing["blessed"] is True and blessing["baseline"] is None
+    assert "baseline: none" in (run / "report.md").read_text()
+    published = json.loads((run / "published.json").read_text())
+    assert published["version"] == 20261120 and published["verified"] is True
+    assert published["accuracy"] == json.loads((run / "metrics.json").read_text())["accuracy"]
+
+
+def test_worse_candidate_is_not_blessed_and_nothing_is_published(worse_candidate_run):
+    storage, res = worse_candidate_run
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-5000:]                  # not blessed is not a failure
+    blessing = json.loads((storage / "runs" / "ds=2026-11-21" / "blessing.json").read_text())
+    assert blessing["blessed"] is False
+    assert blessing["baseline"]["version"] == 20261120
+    assert blessing["baseline"]["accuracy"] >= 0.9 > blessing["candidate"]["accuracy"]
+    assert any("< baseline version 20261120" in r for r in blessing["reasons"])
+    assert "NOT BLESSED" in out
+    assert sorted(p.name for p in (storage / "serving" / "shapes").iterdir()) == ["20261120"]
+    assert not (storage / "runs" / "ds=2026-11-21" / "published.json").exists()
 
 
 def test_exported_model_classifies_held_back_images_in_a_fresh_process(dag_run, tmp_path):
