@@ -6,7 +6,10 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 CONFIG_DIR="${TFHUB_CONFIG_DIR:-$PROJECT_ROOT/config/embedded}"
 
-mkdir -p "$AIRFLOW_HOME" "$(echo "$TFHUB_STORAGE_ROOT" | sed 's#^file://##')"
+mkdir -p "$AIRFLOW_HOME"
+case "$TFHUB_STORAGE_ROOT" in
+  file://*|/*) mkdir -p "${TFHUB_STORAGE_ROOT#file://}" ;;  # remote roots (hdfs://) are made by their own init
+esac
 airflow db migrate >"$AIRFLOW_HOME/db-migrate.log" 2>&1 || { cat "$AIRFLOW_HOME/db-migrate.log"; exit 1; }
 
 rendered="$AIRFLOW_HOME/rendered-config"
