@@ -14,11 +14,11 @@ def test_sensor_waits_for_the_success_marker(tmp_path, capsys):
     part = tmp_path / "raw" / "ds=2026-11-20"
     sensor = PartitionReadySensor(task_id="wait", path=f"file://{part}")
     assert sensor.poke({}) is False
-    assert "does not exist yet" in capsys.readouterr().out
+    assert "does not exist or is empty" in capsys.readouterr().out
     part.mkdir(parents=True)
     (part / "a.jpg").write_bytes(b"x")
     assert sensor.poke({}) is False
-    assert "has no _SUCCESS yet" in capsys.readouterr().out
+    assert "has no _SUCCESS marker yet" in capsys.readouterr().out
     (part / "_SUCCESS").write_bytes(b"")
     assert sensor.poke({}) is True
 

@@ -75,10 +75,10 @@ def test_partition_sensor_on_hdfs(hdfs: WebHdfsTestServer, producer: WebHdfsClie
     part = "/raw/ds=2026-11-20"
     sensor = PartitionReadySensor(task_id="wait", path=f"hdfs://namenode:8020{part}", webhdfs_conn_id=CONN_ID)
     assert sensor.poke({}) is False
-    assert "does not exist yet" in capsys.readouterr().out
+    assert "does not exist or is empty" in capsys.readouterr().out
     producer.write_bytes(f"{part}/a.jpg", b"\xff\xd8")
     assert sensor.poke({}) is False
-    assert "has no _SUCCESS yet" in capsys.readouterr().out
+    assert "has no _SUCCESS marker yet" in capsys.readouterr().out
     producer.write_bytes(f"{part}/_SUCCESS", b"")
     assert sensor.poke({}) is True
-    assert ("GET", "GETFILESTATUS", f"{part}/_SUCCESS") in hdfs.calls(node="namenode")
+    assert ("GET", "LISTSTATUS", part) in hdfs.calls(node="namenode")
