@@ -10,13 +10,21 @@ read when tasks run, so the same file runs on the embedded default and on a clus
 from __future__ import annotations
 
 import datetime as dt
+import os
 
+from airflow.sdk.configuration import conf
 from airflow.sdk import CronDataIntervalTimetable, Param, chain, dag, task
 
 from tfhub_spark.assets import SERVED_MODEL
+from tfhub_spark.callbacks import log_failure, log_retry
 from tfhub_spark.operators.spark_job import ModelExportOperator, PipelineSparkSubmitOperator, TfHubFinetuneOperator
 from tfhub_spark.partition import MACROS
 from tfhub_spark.sensors.partition import PartitionReadySensor
+
+# Deployment settings that shape the DAG itself come from the environment (like Airflow's own configuration),
+# never from Variables, which are not read at parse time.
+SCHEDULE = os.environ.get("TFHUB_FINETUNE_SCHEDULE", "0 0 * * *")
+SENSOR_DEFERRABLE = conf.getboolean("operators", "default_deferrable", fallback=True)
 
 SPARK_CONN_ID = "spark_tfhub"
 WEBHDFS_CONN_ID = "webhdfs_tfhub"
@@ -56,14 +64,21 @@ PARAMS = {
 
 @dag(
     dag_id="tfhub_finetune",
-    # A run covers one day, [start, end): the run after midnight processes the day that just ended.
-    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+    # A run covers one interval [start, end): the daily run after midnight processes the day that just ended.
+    schedule=CronDataIntervalTimetable(SCHEDULE, timezone="UTC"),
     start_date=dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc),
     catchup=False,
     max_active_runs=2,
     params=PARAMS,
     user_defined_macros=MACROS,
-    default_args={"retries": 1, "retry_delay": dt.timedelta(minutes=1)},
+    default_args={
+        "retries": 2,
+        "retry_delay": dt.timedelta(minutes=1),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": dt.timedelta(minutes=15),
+        "on_failure_callback": log_failure,
+        "on_retry_callback": log_retry,
+    },
     tags=["tfhub", "spark", "ml"],
     doc_md=__doc__,
 )
@@ -72,6 +87,7 @@ def tfhub_finetune():
         task_id="wait_for_raw_partition",
         path=RAW,
         webhdfs_conn_id=WEBHDFS_CONN_ID,
+        deferrable=SENSOR_DEFERRABLE,  # waits in the triggerer; otherwise frees its slot between pokes
         mode="reschedule",
         poke_interval=60,
         timeout=12 * 3600,
@@ -81,6 +97,7 @@ def tfhub_finetune():
         job="prepare_examples",
         conn_id=SPARK_CONN_ID,
         job_args={"--raw": RAW, "--output": EXAMPLES, "--min-shards": "{{ params.num_workers * 2 }}"},
+        execution_timeout=dt.timedelta(hours=2),
     )
     finetune = TfHubFinetuneOperator(
         task_id="finetune",
@@ -95,6 +112,7 @@ def tfhub_finetune():
         batch_size="{{ params.batch_size }}",
         learning_rate="{{ params.learning_rate }}",
         fine_tune="{{ params.fine_tune }}",
+        execution_timeout=dt.timedelta(hours=6),
     )
     evaluate = PipelineSparkSubmitOperator(
         task_id="evaluate",
@@ -104,9 +122,10 @@ def tfhub_finetune():
                   "--model-name": MODEL_NAME, "--min-accuracy": "{{ params.min_accuracy }}",
                   "--min-class-recall": "{{ params.min_class_recall }}",
                   "--baseline-tolerance": "{{ params.baseline_tolerance }}"},
+        execution_timeout=dt.timedelta(hours=1),
     )
 
-    @task.short_circuit(task_id="gate")
+    @task.short_circuit(task_id="gate", execution_timeout=dt.timedelta(minutes=10))
     def gate(blessing_url: str) -> bool:
         from tfhub_spark.gate import is_blessed
 
@@ -122,6 +141,7 @@ def tfhub_finetune():
         version=VERSION,
         webhdfs_conn_id=WEBHDFS_CONN_ID,
         outlets=[SERVED_MODEL],
+        execution_timeout=dt.timedelta(hours=1),
     )
 
     chain(wait_for_raw_partition, prepare_examples, finetune, evaluate, gate(f"{RUN_DIR}/blessing.json"),

@@ -10,8 +10,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import re
+
+import psutil
+from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import Variable
+
+from tfhub_spark.links import SparkApplicationLink, TensorBoardLink
 
 PIPELINE_VARIABLE = "tfhub_pipeline"
 """The Airflow Variable (JSON) holding the storage root, model name and Spark conf of the deployment."""
@@ -41,6 +47,54 @@ def build_tasks_zip(tasks_dir: Path, dest_dir: str) -> str:
     return out
 
 
+_SPARK_UI = re.compile(r"Bound SparkUI to .*, and started at (https?://\S+)")
+_YARN_APP = re.compile(r"(application_\d+_\d+)")
+
+
+class ProcessTreeSparkSubmitHook(SparkSubmitHook):
+    """``SparkSubmitHook`` that reports what spark-submit prints, and whose ``on_kill`` leaves no process behind.
+
+    The provider's ``on_kill`` SIGKILLs the spark-submit JVM. In client and local mode the JVM's children live on:
+    PySpark's daemon puts itself and its Python workers (our TensorFlow workers) in a process group of their own,
+    so they survive their parent and keep training. This hook records the whole process tree first, then lets
+    the provider kill spark-submit (and the YARN or standalone driver), then terminates every remaining
+    descendant, SIGKILLing what has not exited after ``grace_seconds``.
+    """
+
+    grace_seconds = 10.0
+    on_line = None  # callable(line) set by the operator
+
+    def _process_spark_submit_log(self, itr) -> None:
+        def tapped():
+            for line in itr:
+                if self.on_line is not None:
+                    self.on_line(line)
+                yield line
+
+        super()._process_spark_submit_log(tapped())
+
+    def on_kill(self) -> None:
+        tree: list[psutil.Process] = []
+        if self._submit_sp is not None and self._submit_sp.poll() is None:
+            try:
+                tree = psutil.Process(self._submit_sp.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                pass
+        super().on_kill()
+        for proc in tree:
+            try:
+                proc.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(tree, timeout=self.grace_seconds)
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        self.log.info("stopped spark-submit and %d descendant processes (%d needed SIGKILL)", len(tree), len(alive))
+
+
 class PipelineSparkSubmitOperator(SparkSubmitOperator):
     """Runs ``tasks/<job>.py`` with ``spark-submit``, the ``tasks`` package on ``--py-files``.
 
@@ -56,6 +110,7 @@ class PipelineSparkSubmitOperator(SparkSubmitOperator):
 
     template_fields: Sequence[str] = (*SparkSubmitOperator.template_fields, "job_args")
     template_fields_renderers = {"job_args": "json", "conf": "json"}
+    operator_extra_links = (SparkApplicationLink(),)
 
     def __init__(self, *, job: str, job_args: dict[str, Any] | None = None,
                  pipeline_variable: str = PIPELINE_VARIABLE, tasks_dir: str | None = None,
@@ -114,11 +169,37 @@ class PipelineSparkSubmitOperator(SparkSubmitOperator):
         archive = build_tasks_zip(self.resolved_tasks_dir, zip_dir)
         self.py_files = ",".join(p for p in (archive, self.py_files) if p)
 
+    def _get_hook(self) -> SparkSubmitHook:
+        hook = super()._get_hook()
+        # Same hook, same state: only on_kill and the log tap differ (see ProcessTreeSparkSubmitHook).
+        hook.__class__ = ProcessTreeSparkSubmitHook
+        hook.on_line = self._watch_line
+        return hook
+
+    def _watch_line(self, line: str) -> None:
+        """Records the Spark application's URL as soon as spark-submit prints it and publishes the link."""
+        url = None
+        if m := _SPARK_UI.search(line):
+            url = m.group(1)
+        elif (m := _YARN_APP.search(line)) and not getattr(self, "spark_app_url", "") and self._hook is not None:
+            try:
+                url = f"{self._hook._get_yarn_rm_base_url()}/cluster/app/{m.group(1)}"
+            except ValueError:  # the connection does not name the ResourceManager's web address
+                url = None
+        if url and url != getattr(self, "spark_app_url", ""):
+            self.spark_app_url = url
+            self.log.info("Spark application: %s", url)
+            if self._context is not None:
+                self._context["ti"].xcom_push(key=SparkApplicationLink().xcom_key, value=url)
+
     def execute(self, context) -> None:
+        self._context = context
         with tempfile.TemporaryDirectory(prefix=f"{self.job}-") as tmp:
             self.prepare_submit(context, tmp)
             self.log.info("running %s with the tasks package from %s", self.application, self.resolved_tasks_dir)
             return super().execute(context)
+
+    _context = None
 
 
 class TfHubFinetuneOperator(PipelineSparkSubmitOperator):
@@ -145,6 +226,7 @@ class TfHubFinetuneOperator(PipelineSparkSubmitOperator):
         "num_workers", "epochs", "batch_size", "learning_rate", "fine_tune",
     )
     ui_color = "#fff3e0"
+    operator_extra_links = (SparkApplicationLink(), TensorBoardLink())
 
     def __init__(self, *, examples: str, run_dir: str, storage_root: str, hub_module: str,
                  num_workers: int | str = 2, epochs: int | str = 5, batch_size: int | str = 32,
@@ -161,6 +243,14 @@ class TfHubFinetuneOperator(PipelineSparkSubmitOperator):
         self.learning_rate = learning_rate
         self.fine_tune = fine_tune
         self.barrier_sync_timeout = barrier_sync_timeout
+
+    def execute(self, context) -> None:
+        pipeline = Variable.get(self.pipeline_variable, default=None, deserialize_json=True) or {}
+        logdir = self.run_dir.rstrip("/") + "/tensorboard"
+        template = pipeline.get("tensorboard_url")
+        self.tensorboard_url = template.format(logdir=logdir) if template else logdir
+        context["ti"].xcom_push(key=TensorBoardLink().xcom_key, value=self.tensorboard_url)
+        return super().execute(context)
 
     def job_conf(self, context) -> dict[str, Any]:
         return {
