@@ -57,3 +57,20 @@ def make_partition(raw_root: Path, ds: str, num_images: int, seed: int | None = 
 
     make_dataset.run(make_dataset.Config(raw_root=f"file://{raw_root}", ds=ds, num_images=num_images, seed=seed))
     return raw_root / f"ds={ds}"
+
+
+@pytest.fixture(scope="session")
+def demo_hub_module(tmp_path_factory) -> Path:
+    """The demo hub module with its default pre-training (about 90 s), built once per test session."""
+    from tasks.demo import make_hub_module
+
+    out = tmp_path_factory.mktemp("demo_hub") / "shapes_fv_32"
+    make_hub_module.run(make_hub_module.Config(output=f"file://{out}"))
+    return out
+
+
+def install_hub_module(module: Path, storage: Path) -> None:
+    """Puts a built hub module where the DAG's default ``hub_module`` param looks: ``<storage>/hub/shapes_fv_32``."""
+    import shutil
+
+    shutil.copytree(module, storage / "hub" / "shapes_fv_32")

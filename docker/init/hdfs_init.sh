@@ -13,9 +13,9 @@ demo=/opt/tfhub/demo
 root="${TFHUB_STORAGE_ROOT%/}"
 
 hdfs dfs -mkdir -p "$root/raw" "$root/hub" "$root/examples" "$root/runs" "$root/serving" \
-  /spark-history /app-logs /apps/spark /user/airflow
+  /spark-history /app-logs /apps/spark /user/airflow /airflow/logs
 hdfs dfs -chmod 1777 /spark-history /app-logs
-hdfs dfs -chown -R airflow "$root" /user/airflow
+hdfs dfs -chown -R airflow "$root" /user/airflow /airflow
 
 # Uploads a local folder beside its target, then renames it into place (one HDFS rename): the sensor, which waits
 # for raw/ds=.../_SUCCESS, never sees a partition whose files are still arriving.

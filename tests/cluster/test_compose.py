@@ -562,3 +562,20 @@ def test_gpu_discovery_script_is_where_the_gpu_variables_say():
     path = variables["tfhub_pipeline"]["spark_conf"]["spark.executor.resource.gpu.discoveryScript"]
     assert re.search(rf"^COPY docker/nodemanager/getGpusResources\.sh {re.escape(path)}$",
                      NODEMANAGER_DOCKERFILE.read_text(), re.M)
+
+
+def test_task_logs_go_to_hdfs_with_the_providers_handler():
+    """Airflow's remote logging picks the HDFS provider's HdfsRemoteLogIO for hdfs:// folders; the folder must exist
+    on the stack's HDFS and the connection must be one the init service creates."""
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
+    env = compose["x-airflow-env"]
+    assert env["AIRFLOW__LOGGING__REMOTE_LOGGING"] == "true"
+    folder = env["AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER"]
+    assert folder.startswith("hdfs://namenode:")
+    conns = json.loads((ROOT / "config/cluster/connections.json").read_text())
+    assert conns[env["AIRFLOW__LOGGING__REMOTE_LOG_CONN_ID"]]["conn_type"] == "webhdfs"
+    path = folder.split("8020", 1)[1]
+    assert path in (ROOT / "docker/init/hdfs_init.sh").read_text()
+    from airflow.providers.apache.hdfs.log.hdfs_task_handler import HdfsRemoteLogIO  # noqa: F401

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from tasks import schema
-from tasks.demo import make_dataset, make_hub_module, shapes
+from tasks.demo import make_dataset, shapes
+from tests.conftest import install_hub_module
 
 pytestmark = pytest.mark.e2e
 
@@ -38,13 +39,13 @@ def sh(cmd: str, env: dict, timeout: int) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def dag_run(tmp_path_factory):
+def dag_run(tmp_path_factory, demo_hub_module):
     base = tmp_path_factory.mktemp("e2e")
     home, storage = base / "airflow", base / "storage"
     env = airflow_env(home, storage)
     setup = sh("bash scripts/setup_airflow.sh", env, timeout=300)
     assert setup.returncode == 0, setup.stdout[-3000:] + setup.stderr[-3000:]
-    make_hub_module.run(make_hub_module.Config(output=f"file://{storage}/hub/shapes_fv_32"))
+    install_hub_module(demo_hub_module, storage)
     make_dataset.run(make_dataset.Config(raw_root=f"file://{storage}/raw", ds=DS))
     res = sh(f"airflow dags test tfhub_finetune {RUN_DATE}", env, timeout=1500)
     (base / "dags-test.log").write_text(res.stdout + res.stderr)

@@ -1,0 +1,239 @@
+"""The DAG through the real scheduler, triggerer and API server (`airflow standalone`), driven over the REST API
+the UI uses: trigger forms and their validation, a scheduled run whose partition arrives late, a backfill and a
+reprocess, and killing a running training task.
+
+The tests of this module share one Airflow and run in file order.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tasks.demo import make_dataset
+from tests.conftest import install_hub_module
+from tests.support.airflow_standalone import AirflowStandalone
+
+pytestmark = pytest.mark.e2e
+
+DAG = "tfhub_finetune"
+# Quick runs where the model's quality is not the point: two epochs, and every model is blessed.
+QUICK = {"epochs": 2, "min_accuracy": 0.0, "baseline_tolerance": 1.0}
+
+
+@pytest.fixture(scope="module")
+def af(tmp_path_factory, demo_hub_module):
+    base = tmp_path_factory.mktemp("scheduler")
+    storage = base / "storage"
+    storage.mkdir()
+    install_hub_module(demo_hub_module, storage)
+    airflow = AirflowStandalone(base, f"file://{storage}")
+    airflow.storage = storage
+    airflow.start()
+    yield airflow
+    airflow.stop()
+
+
+def make_partition(af, ds: str, n: int = 160) -> None:
+    make_dataset.run(make_dataset.Config(raw_root=f"file://{af.storage}/raw", ds=ds, num_images=n))
+
+
+def trigger(af, conf: dict) -> str:
+    r = af.post(f"/dags/{DAG}/dagRuns", {"logical_date": None, "conf": conf})
+    assert r.status_code == 200, r.text
+    return r.json()["dag_run_id"]
+
+
+def task_log(af, run_id: str, task_id: str) -> str:
+    ti = af.get(f"/dags/{DAG}/dagRuns/{run_id}/taskInstances/{task_id}")
+    body = af.get(f"/dags/{DAG}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{ti['try_number']}", full_content=True)
+    content = body.get("content", body)
+    return json.dumps(content) if not isinstance(content, str) else content
+
+
+def tree_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(path)).encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()
+
+
+def test_invalid_param_is_refused_and_no_run_is_created(af):
+    r = af.post(f"/dags/{DAG}/dagRuns", {"logical_date": None, "conf": {"epochs": 0}})
+    assert r.status_code in (400, 422), r.text
+    assert "epochs" in r.text
+    r = af.post(f"/dags/{DAG}/dagRuns", {"logical_date": None, "conf": {"partition": "2026-13-45"}})
+    assert r.status_code in (400, 422), r.text
+    assert af.runs(DAG) == []
+
+
+def test_scheduled_run_waits_for_late_partition_while_a_manual_run_uses_its_params(af):
+    r = af.patch(f"/dags/{DAG}", {"is_paused": False})
+    assert r.status_code == 200, r.text
+    # Unpaused with catchup off, the scheduler creates the run of the latest complete interval.
+    scheduled = af.wait_for(lambda: [x for x in af.runs(DAG) if x["run_type"] == "scheduled"], 120,
+                            "a scheduled run")[0]
+    ds = dt.datetime.fromisoformat(scheduled["data_interval_start"]).strftime("%Y-%m-%d")
+    assert ds == (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)).strftime("%Y-%m-%d")
+    af.wait_for(lambda: af.task_states(DAG, scheduled["dag_run_id"]).get("wait_for_raw_partition") == "deferred",
+                180, "the sensor deferred to the triggerer")
+
+    # Meanwhile a user triggers a run for another day with their own params.
+    make_partition(af, "2026-11-10")
+    manual = trigger(af, {"partition": "2026-11-10", "epochs": 3, "num_workers": 1, "batch_size": 16,
+                          "min_accuracy": 0.0})
+    assert af.wait_run(DAG, manual)["state"] == "success", af.task_states(DAG, manual)
+    history = json.loads((af.storage / "runs/ds=2026-11-10/history.json").read_text())
+    assert len(history["history"]) == 3 and history["num_workers"] == 1
+    finetune_cfg = json.loads((af.storage / "runs/ds=2026-11-10/finetune_config.json").read_text())
+    assert finetune_cfg["batch_size"] == 16 and finetune_cfg["epochs"] == 3
+    assert "raw/ds=2026-11-10" in task_log(af, manual, "wait_for_raw_partition")
+    assert (af.storage / "serving/shapes/20261110/saved_model.pb").exists()
+
+    # The scheduled run is still waiting; the partition arrives; the run finishes.
+    assert af.task_states(DAG, scheduled["dag_run_id"])["wait_for_raw_partition"] == "deferred"
+    make_partition(af, ds, n=240)
+    assert af.wait_run(DAG, scheduled["dag_run_id"])["state"] == "success", \
+        af.task_states(DAG, scheduled["dag_run_id"])
+    assert json.loads((af.storage / f"examples/ds={ds}/manifest.json").read_text())["num_records"] == 240
+    af.patch(f"/dags/{DAG}", {"is_paused": True})
+
+
+def test_backfill_processes_each_date_and_reprocessing_one_touches_nothing_else(af):
+    dates = ["2026-11-05", "2026-11-06", "2026-11-07"]
+    for ds in dates:
+        make_partition(af, ds)
+    af.patch(f"/dags/{DAG}", {"is_paused": False})
+    r = af.post("/backfills", {"dag_id": DAG, "from_date": "2026-11-05T00:00:00Z", "to_date": "2026-11-07T00:00:00Z",
+                               "dag_run_conf": QUICK, "max_active_runs": 2})
+    assert r.status_code == 200, r.text
+    backfill = r.json()
+    done = af.wait_for(lambda: af.get(f"/backfills/{backfill['id']}")["completed_at"], 1500, "backfill completed",
+                       interval=5)
+    assert done
+    runs = [x for x in af.runs(DAG) if x["run_type"] == "backfill"]
+    assert sorted(x["logical_date"][:10] for x in runs) == dates
+    assert all(x["state"] == "success" for x in runs), [(x["dag_run_id"], x["state"]) for x in runs]
+    for ds in dates:
+        assert json.loads((af.storage / f"examples/ds={ds}/manifest.json").read_text())["partition"] == f"ds={ds}"
+        assert (af.storage / f"serving/shapes/{ds.replace('-', '')}/saved_model.pb").exists()
+
+    def digests(ds):
+        return {kind: tree_digest(af.storage / path) for kind, path in
+                (("examples", f"examples/ds={ds}"), ("runs", f"runs/ds={ds}"),
+                 ("served", f"serving/shapes/{ds.replace('-', '')}"))}
+
+    before = {ds: digests(ds) for ds in dates}
+    served_before = (af.storage / "serving/shapes/20261106/saved_model.pb").stat().st_mtime_ns
+    r = af.post("/backfills", {"dag_id": DAG, "from_date": "2026-11-06T00:00:00Z", "to_date": "2026-11-06T00:00:00Z",
+                               "dag_run_conf": QUICK, "reprocess_behavior": "completed"})
+    assert r.status_code == 200, r.text
+    af.wait_for(lambda: af.get(f"/backfills/{r.json()['id']}")["completed_at"], 900, "reprocess completed",
+                interval=5)
+    af.patch(f"/dags/{DAG}", {"is_paused": True})
+    run = [x for x in af.runs(DAG) if x["run_type"] == "backfill" and x["logical_date"].startswith("2026-11-06")]
+    assert [x["state"] for x in run] == ["success"]
+    for ds in ("2026-11-05", "2026-11-07"):
+        assert digests(ds) == before[ds], ds
+    assert (af.storage / "serving/shapes/20261106/saved_model.pb").stat().st_mtime_ns != served_before
+    names = [p.name for p in (af.storage / "serving/shapes").iterdir()]
+    assert {"20261105", "20261106", "20261107"} <= set(names)
+    assert all(n.isdigit() for n in names), names  # no staging or aside folder left behind
+
+
+def chromium():
+    """Debian's headless Chromium through its chromedriver (never a driver Selenium would download)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+
+
+def test_browser_triggers_the_dag_through_its_form(af, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    make_partition(af, "2026-11-13")
+    af.patch(f"/dags/{DAG}", {"is_paused": False})
+    browser = chromium()
+    try:
+        wait = WebDriverWait(browser, 60)
+        browser.get(f"{af.url}/dags/{DAG}")
+        wait.until(ec.element_to_be_clickable((By.XPATH, "//button[normalize-space()='Trigger']"))).click()
+        form = wait.until(ec.visibility_of_element_located((By.NAME, "element_epochs")))
+
+        def set_value(name: str, text: str) -> None:
+            field = browser.find_element(By.NAME, name)
+            field.click()
+            field.send_keys(Keys.CONTROL, "a")
+            field.send_keys(text)
+
+        assert form.get_attribute("value") == "15"  # the param's default, shown by the form
+        browser.find_element(By.NAME, "element_partition").send_keys("11132026")  # a date input: mm dd yyyy
+        set_value("element_epochs", "2")
+        set_value("element_min_accuracy", "0")
+        set_value("element_baseline_tolerance", "1")
+        browser.find_element(By.XPATH, "//*[@role='dialog']//button[normalize-space()='Trigger']").click()
+
+        def triggered():
+            return [x for x in af.runs(DAG) if (x.get("conf") or {}).get("partition") == "2026-11-13"]
+
+        run = af.wait_for(triggered, 60, "a run triggered from the browser")[0]
+        assert run["conf"]["epochs"] == 2 and run["run_type"] == "manual"
+        assert af.wait_run(DAG, run["dag_run_id"])["state"] == "success"
+        browser.get(f"{af.url}/dags/{DAG}/runs/{run['dag_run_id']}")
+        wait.until(ec.presence_of_element_located((By.XPATH, "//*[contains(., 'success')]")))
+        browser.save_screenshot(str(tmp_path / "run.png"))
+    finally:
+        browser.quit()
+        af.patch(f"/dags/{DAG}", {"is_paused": True})
+    history = json.loads((af.storage / "runs/ds=2026-11-13/history.json").read_text())
+    assert len(history["history"]) == 2
+
+
+def test_killing_a_running_training_task_leaves_no_spark_or_tf_process(af):
+    make_partition(af, "2026-11-12")
+    af.patch(f"/dags/{DAG}", {"is_paused": False})
+    run_id = trigger(af, {**QUICK, "partition": "2026-11-12", "epochs": 200})
+
+    def training_tree():
+        for p in psutil.process_iter(["cmdline"]):
+            cmd = " ".join(p.info["cmdline"] or [])
+            if "finetune.py" in cmd and "runs/ds=2026-11-12" in cmd and "SparkSubmit" in cmd:
+                try:
+                    tree = [p] + p.children(recursive=True)
+                except psutil.NoSuchProcess:
+                    return None
+                pythons = [c for c in tree if "python" in (c.name() or "")]
+                return tree if len(pythons) >= 3 else None  # the PySpark daemon and two TF workers
+        return None
+
+    tree = af.wait_for(training_tree, 600, "TensorFlow workers running", interval=2)
+    time.sleep(5)
+    tree = training_tree() or tree
+    pids = {p.pid for p in tree}
+    r = af.patch(f"/dags/{DAG}/dagRuns/{run_id}/taskInstances/finetune", {"new_state": "failed"})
+    assert r.status_code == 200, r.text
+
+    def all_gone():
+        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        return not alive or None
+
+    af.wait_for(all_gone, 120, f"processes {sorted(pids)} stopped", interval=2)
+    af.patch(f"/dags/{DAG}", {"is_paused": True})
+    assert af.task_states(DAG, run_id)["finetune"] == "failed"
