@@ -377,7 +377,7 @@ def test_executor_environment_covers_every_import_of_the_jobs():
     providers = metadata.packages_distributions()
     missing = {}
     for module in third_party_imports(ROOT / "tasks"):
-        if module == "pyspark":
+        if module in ("pyspark", "py4j"):  # spark-submit ships pyspark.zip and py4j to containers
             continue
         dists = {canonical(d) for d in providers.get(module, [])}
         assert dists, f"tasks/ imports {module}, which no installed distribution provides"
