@@ -25,6 +25,7 @@ import dataclasses
 import json
 import logging
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -125,11 +126,9 @@ def predict_split(model, files: list[str], image_size, batch_size: int) -> tuple
 
 def published_versions(serving_root: str, model_name: str) -> list[int]:
     """Numeric versions with a complete SavedModel under ``<serving_root>/<model_name>/``, highest last."""
-    folder = storage.local_path(storage.join(serving_root, model_name))
-    if not folder.is_dir():
-        return []
-    return sorted(int(p.name) for p in folder.iterdir()
-                  if p.name.isdigit() and (p / "saved_model.pb").exists())
+    folder = storage.join(serving_root, model_name)
+    return sorted(int(name) for name in storage.list_names(folder)
+                  if name.isdigit() and storage.exists(storage.join(folder, name, "saved_model.pb")))
 
 
 def score_served_model(version_dir: Path, images: list[bytes], labels: list[str], batch_size: int) -> dict:
@@ -214,22 +213,32 @@ def write_report(path: Path, cfg: Config, manifest: dict, history: dict, finetun
 
 
 def run(cfg: Config) -> dict:
-    """Scores, compares, blesses; returns the blessing record."""
+    """Scores, compares, blesses; returns the blessing record.
+
+    Inputs are read where they are for ``file://`` and downloaded into a scratch folder for ``hdfs://`` (the
+    model, the scored split's files, the baseline version); outputs are written to ``run_dir`` file by file, each
+    atomically.
+    """
     runtime.set_legacy_keras()
+    with tempfile.TemporaryDirectory(prefix="evaluate-") as scratch:
+        return _run(cfg, Path(scratch))
+
+
+def _run(cfg: Config, scratch: Path) -> dict:
     from tasks import model as M
 
     t0 = time.time()
-    examples = storage.local_path(cfg.examples)
-    run_dir = storage.local_path(cfg.run_dir)
-    manifest = json.loads((examples / schema.MANIFEST).read_text())
-    history = json.loads((run_dir / "history.json").read_text())
-    finetune_cfg_path = run_dir / "finetune_config.json"
-    finetune_cfg = json.loads(finetune_cfg_path.read_text()) if finetune_cfg_path.exists() else {}
-    files = [str(examples / f["name"]) for f in manifest["files"][cfg.split] if f["records"]]
-    if not files:
+    manifest = json.loads(storage.read_text(storage.join(cfg.examples, schema.MANIFEST)))
+    history = json.loads(storage.read_text(storage.join(cfg.run_dir, "history.json")))
+    finetune_cfg_url = storage.join(cfg.run_dir, "finetune_config.json")
+    finetune_cfg = json.loads(storage.read_text(finetune_cfg_url)) if storage.exists(finetune_cfg_url) else {}
+    names = [f["name"] for f in manifest["files"][cfg.split] if f["records"]]
+    if not names:
         raise RuntimeError(f"split {cfg.split!r} of {cfg.examples} has no records to evaluate on")
-    model = M.load_trained(str(run_dir / "model"))
-    y, probs = predict_split(model, files, tuple(history["image_size"]), cfg.batch_size)
+    examples = storage.fetch_files(cfg.examples, names, scratch / "examples")
+    model = M.load_trained(str(storage.fetch(storage.join(cfg.run_dir, "model"), scratch / "run")))
+    y, probs = predict_split(model, [str(examples / name) for name in names], tuple(history["image_size"]),
+                             cfg.batch_size)
     if len(y) != manifest["counts"][cfg.split]:
         raise RuntimeError(f"read {len(y)} {cfg.split} records but the manifest counts {manifest['counts'][cfg.split]}")
     metrics = classification_metrics(y, probs, manifest["labels"])
@@ -247,10 +256,12 @@ def run(cfg: Config) -> dict:
     baseline = None
     versions = published_versions(cfg.serving_root, cfg.model_name) if cfg.serving_root else []
     if versions:
-        version_dir = storage.local_path(storage.join(cfg.serving_root, cfg.model_name, str(versions[-1])))
+        version_url = storage.join(cfg.serving_root, cfg.model_name, str(versions[-1]))
+        version_dir = storage.fetch(version_url, scratch / "baseline")
         images, label_ids = M.read_split(str(examples), manifest, cfg.split)
         scored = score_served_model(version_dir, images, [manifest["labels"][i] for i in label_ids], cfg.batch_size)
-        baseline = {"version": versions[-1], "path": str(version_dir), **scored}
+        baseline = {"version": versions[-1], "path": str(version_dir) if storage.scheme(version_url) == "file"
+                    else version_url, **scored}
         log.info("baseline: published version %d re-scored on the same %d examples: accuracy %.4f", versions[-1],
                  scored["num_examples"], scored["accuracy"])
     else:
@@ -260,12 +271,16 @@ def run(cfg: Config) -> dict:
         log.info("blessing: %s", reason)
     log.info("decision: %s", "BLESSED" if blessing["blessed"] else "NOT BLESSED")
 
-    plots.confusion_matrix(metrics["confusion_matrix"], manifest["labels"], run_dir / "confusion_matrix.png",
+    out = scratch / "out"
+    out.mkdir()
+    plots.confusion_matrix(metrics["confusion_matrix"], manifest["labels"], out / "confusion_matrix.png",
                            title=f"{manifest['partition']} {cfg.split}: accuracy {metrics['accuracy']:.3f}")
-    write_report(run_dir / "report.md", cfg, manifest, history, finetune_cfg, metrics, blessing)
+    write_report(out / "report.md", cfg, manifest, history, finetune_cfg, metrics, blessing)
+    for name in ("confusion_matrix.png", "report.md"):
+        storage.write_bytes_atomic(storage.join(cfg.run_dir, name), (out / name).read_bytes())
     storage.write_text_atomic(storage.join(cfg.run_dir, "metrics.json"), json.dumps(metrics, indent=2))
     storage.write_text_atomic(storage.join(cfg.run_dir, "blessing.json"), json.dumps(blessing, indent=2))
-    log.info("report: %s", run_dir / "report.md")
+    log.info("report: %s", storage.join(cfg.run_dir, "report.md"))
     return blessing
 
 

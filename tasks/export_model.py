@@ -12,11 +12,12 @@ Signatures, for both of TF Serving's APIs:
 
 Warm-up requests (``PredictionLog`` records, Predict and Classify) are in ``assets.extra/tf_serving_warmup_requests``.
 
-Published to ``<serving_root>/<model_name>/<version>/`` (TF Serving's layout): the version is written as a
-hidden, non-numeric sibling, then exchanged with the existing version in one ``renameat2(RENAME_EXCHANGE)`` (or
-renamed into place), so TF Serving never sees a half-written numeric folder. The published version is then
-loaded in a fresh process that runs the warm-up requests and compares the predictions with the evaluated
-model's; if they disagree, the previous version is put back.
+Published to ``<serving_root>/<model_name>/<version>/`` (TF Serving's layout): on ``file://`` the version is
+written as a hidden, non-numeric sibling, then exchanged with the existing version in one
+``renameat2(RENAME_EXCHANGE)`` (or renamed into place); on ``hdfs://`` it is uploaded to a hidden sibling and
+renamed into place (see ``storage.publish_dir``). Either way TF Serving never sees a half-written numeric
+folder. The published version is then loaded in a fresh process that runs the warm-up requests and compares the
+predictions with the evaluated model's; if they disagree, the previous version is put back.
 
 Usage::
 
@@ -34,6 +35,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -180,29 +182,47 @@ def verify_in_fresh_process(version_dir: Path, expected: Path, timeout: int = 30
 
 
 def run(cfg: Config) -> str:
-    """Exports, publishes and verifies; returns the published version's URL."""
+    """Exports, publishes and verifies; returns the published version's URL.
+
+    Inputs are read where they are for ``file://`` and downloaded into a scratch folder for ``hdfs://``. The
+    version is built in ``storage.output_staging`` and published with ``storage.publish_dir`` (an exchange rename
+    on ``file://``; an upload to a hidden sibling and renames on ``hdfs://``); the copy that was published is then
+    verified (for ``hdfs://``, downloaded again), and the previous version is restored if it fails.
+    """
     runtime.set_legacy_keras()
+    with tempfile.TemporaryDirectory(prefix="export-") as scratch:
+        return _run(cfg, Path(scratch))
+
+
+def _run(cfg: Config, scratch: Path) -> str:
     from tasks import model as M
 
     tf = M.tf
     t0 = time.time()
-    run_dir = storage.local_path(cfg.run_dir)
-    history = json.loads((run_dir / "history.json").read_text())
+    history = json.loads(storage.read_text(storage.join(cfg.run_dir, "history.json")))
     manifest = json.loads(storage.read_text(storage.join(cfg.examples, schema.MANIFEST)))
     labels, image_size = history["labels"], tuple(history["image_size"])
-    keras_model = M.load_trained(str(run_dir / "model"))
-    images, y = M.read_split(str(storage.local_path(cfg.examples)), manifest, "test", limit=cfg.warmup_records)
-    if not images:
-        images, y = M.read_split(str(storage.local_path(cfg.examples)), manifest, "train", limit=cfg.warmup_records)
+    keras_model = M.load_trained(str(storage.fetch(storage.join(cfg.run_dir, "model"), scratch / "run")))
+    # Warm-up images: test records, or training ones when there are none; on hdfs:// only the files they are in
+    # are downloaded, one at a time.
+    images: list[bytes] = []
+    files = [(s, f) for s in ("test", "train") for f in manifest["files"][s] if f["records"]]
+    for split, f in files:
+        if len(images) >= cfg.warmup_records or (images and split == "train"):
+            break
+        local = storage.fetch_files(cfg.examples, [f["name"]], scratch / split)
+        more, _ = M.read_split(str(local), {"files": {split: [f]}}, split, limit=cfg.warmup_records - len(images))
+        images += more
     expected = keras_model(tf.stack([M.decode_image(b, image_size) for b in images]), training=False).numpy()
 
     version_url = storage.join(cfg.serving_root, cfg.model_name, str(cfg.version))
     storage.clean_stale(version_url)
-    staging = storage.staging_dir(version_url)
-    scratch = staging.with_name(staging.name + "-assets")
+    staging = storage.output_staging(version_url)
+    assets = staging.with_name(staging.name + "-assets")
+    check = scratch / "export_check.json"
     try:
-        scratch.mkdir()
-        labels_file = scratch / "labels.txt"
+        assets.mkdir()
+        labels_file = assets / "labels.txt"
         labels_file.write_text("".join(name + "\n" for name in labels))
         module = build_serving_module(keras_model, str(labels_file), image_size)
         tf.saved_model.save(module, str(staging),
@@ -219,33 +239,36 @@ def run(cfg: Config) -> str:
             raise RuntimeError("exported class names do not match the label vocabulary")
         provenance = {"run_dir": cfg.run_dir, "examples": cfg.examples, "partition": manifest["partition"],
                       "hub_module": history["hub_module"], "labels": labels, "version": cfg.version}
-        metrics_path = run_dir / "metrics.json"
-        if metrics_path.exists():
-            m = json.loads(metrics_path.read_text())
+        metrics_url = storage.join(cfg.run_dir, "metrics.json")
+        if storage.exists(metrics_url):
+            m = json.loads(storage.read_text(metrics_url))
             provenance["metrics"] = {"accuracy": m["accuracy"], "loss": m["loss"]}
         (staging / "assets.extra" / "provenance.json").write_text(json.dumps(provenance, indent=2))
-        check = run_dir / "export_check.json"
         check.write_text(json.dumps({"labels": labels, "images": len(images), "expected": expected.tolist()}))
+        storage.write_bytes_atomic(storage.join(cfg.run_dir, "export_check.json"), check.read_bytes())
         log.info("exported to staging %s: %d warm-up requests, max difference from the trained model %.2e", staging,
                  n_warmup, diff)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(assets, ignore_errors=True)
 
-    previous = storage.swap_in(staging, version_url)
-    version_dir = storage.local_path(version_url)
+    previous = storage.publish_dir(staging, version_url, keep_previous=True)
     log.info("published %s (%s)", version_url, "replacing the previous copy of this version" if previous else "new")
     try:
+        # Verify what readers get: the published folder itself, or on hdfs:// a fresh download of it.
+        version_dir = storage.fetch(version_url, scratch / "published")
         verify_in_fresh_process(version_dir, check)
     except BaseException:
-        storage.roll_back(version_url, previous)
+        storage.roll_back_url(version_url, previous)
         log.error("rolled back %s: %s", version_url, "previous copy restored" if previous else "removed")
         raise
-    storage.discard(previous)
-    published = {"url": version_url, "path": str(version_dir), "model_name": cfg.model_name, "version": cfg.version,
-                 "verified": True, **provenance.get("metrics", {})}
+    storage.discard_url(previous)
+    published = {"url": version_url,
+                 "path": str(version_dir) if storage.scheme(version_url) == "file" else version_url,
+                 "model_name": cfg.model_name, "version": cfg.version, "verified": True,
+                 **provenance.get("metrics", {})}
     storage.write_text_atomic(storage.join(cfg.run_dir, "published.json"), json.dumps(published, indent=2))
     log.info("verified %s in a fresh process (%.1fs)", version_url, time.time() - t0)
     return version_url

@@ -1,40 +1,70 @@
-"""Spark application: one raw image partition to sharded TFRecords of ``tf.train.Example``.
+"""Spark application: one raw partition to training-ready, sharded TFRecords of ``tf.train.Example``.
 
-Input ``<raw>/``: image files and ``labels.csv`` (``path,label``, paths relative to the partition).
+Input ``<raw>/`` in one of three layouts (``--layout``, see ``tasks.layouts``): images and a labels manifest
+(``labels.csv`` or a Parquet file: path, label), the default; one folder per class; Parquet files with the image
+bytes in a column. ``_SUCCESS`` must be there: the producer has finished.
 
-Output ``<output>/``, committed as a whole by renaming a staging folder into place::
+Every record is checked (``tasks.image_check``): the image decodes, its size is within bounds, its label is known.
+Output ``<output>/``, committed as a whole by renaming a staging folder into place, ``_SUCCESS`` last::
 
-    train-00000-of-0000N.tfrecord ...   records sorted by id within a shard
+    train-00000-of-0000N.tfrecord ...   the valid records, sorted by id within a shard
     eval-...  test-...
-    manifest.json                       counts per split and label, label vocabulary, files and their counts
+    manifest.json                       label vocabulary, counts per split and label, files and their counts
+    stats.json                          counts, label distribution and its drift, image sizes, bad-record reasons
     _SUCCESS
 
-Each record's split and shard are hashes of its id, and its bytes do not depend on the run, so a rerun on the
-same input writes byte-identical files.
+Bad records go to ``<quarantine>/`` (default ``<storage root>/quarantine/<partition>``), committed the same way,
+also when the stage then fails::
+
+    part-NNNNN.tfrecord   one tf.train.Example per bad record: record/id, label/text, quarantine/reason,
+                          quarantine/detail, quarantine/source, image/encoded (its raw bytes)
+    quarantine.jsonl      one line per bad record: id, label, reason, detail, source, bytes, file
+    summary.json          counts by reason
+    _SUCCESS
+
+The stage fails, naming the first bad records and the counts, when more than ``max_bad_fraction`` of the records
+are bad or none is valid. Label ids come from a vocabulary kept beside the dataset (``tasks.vocabulary``): ids are
+given once; a label new to the vocabulary follows ``--new-label-policy``.
+
+A record's split and shard are hashes of its id; its bytes depend on the record and its label id alone; so a
+rerun on the same input writes byte-identical files, and a retried or speculative Spark attempt writes the same
+file again (``tasks.prep_tasks``).
+
+Storage: ``file://`` and ``hdfs://``. The driver lists the partition and the Spark tasks read the bytes and write
+their shards through ``tasks.storage``: directly for ``file://``, through WebHDFS for ``hdfs://`` (a task writes
+its shard to a local file, uploads it into the HDFS staging folder and renames it into place). Spark's own
+``hdfs://`` reader is not used: it needs Hadoop RPC, and the ``webhdfs://`` file system of the Hadoop client that
+Spark 4.2 bundles fails (its shaded Jersey runtime is missing), so WebHDFS through our client is the one path that
+works, and is tested, for both reads and writes.
 
 Usage (spark-submit with the ``tasks`` package on ``--py-files``)::
 
-    spark-submit tasks/prepare_examples.py --raw file:///.../raw/ds=2026-11-20 \
+    spark-submit tasks/prepare_examples.py --raw file:///.../raw/ds=2026-11-20 \\
         --output file:///.../examples/ds=2026-11-20 --min-shards 4
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import io
+import datetime as dt
 import json
 import logging
 import math
-import os
-import shutil
+import re
 import sys
+import threading
 import time
+from collections import Counter
 
-from tasks import runtime, schema, storage, tfrecord
+from tasks import image_check, layouts, prep_stats, prep_tasks, runtime, schema, storage, vocabulary
+from tasks.layouts import PrepError
 
 log = logging.getLogger("prepare_examples")
+
+STATS = "stats.json"
+QUARANTINE_INDEX = "quarantine.jsonl"
+QUARANTINE_SUMMARY = "summary.json"
 
 
 @dataclasses.dataclass
@@ -43,199 +73,448 @@ class Config:
     """Storage URL of the raw partition folder."""
     output: str
     """Storage URL of the prepared dataset folder for this partition."""
+    layout: str = "manifest"
+    """Input layout: ``manifest``, ``folders`` or ``parquet`` (see ``tasks.layouts.LAYOUTS``)."""
     labels_file: str = "labels.csv"
-    """The labels manifest inside the raw partition."""
+    """The labels manifest inside the raw partition (manifest layout): CSV, or Parquet when it ends in .parquet."""
+    id_column: str = "path"
+    """Column of the record id (the image path in a manifest)."""
+    label_column: str = "label"
+    """Column of the label."""
+    image_column: str = "image"
+    """Column of the encoded image bytes (parquet layout)."""
     split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
     """Fractions of train, eval and test, by hash of the record id."""
     min_shards: int = 4
-    """Fewest shards per split, so every training worker gets files (set it to a multiple of num_workers)."""
+    """Fewest shards per split, and the shard count is a multiple of it, so every training worker gets files
+    (set it to a multiple of num_workers, e.g. twice it)."""
     target_shard_bytes: int = 64 * 1024 * 1024
     """Aim for shards of about this size when a split is large."""
+    min_image_side: int = 8
+    """Images with a side shorter than this (pixels) are bad."""
+    max_image_side: int = 16384
+    """Images with a side longer than this (pixels) are bad, and are not decoded."""
+    max_image_bytes: int = 64 * 1024 * 1024
+    """Records larger than this (bytes) are bad, and are not read."""
+    labels: tuple[str, ...] = ()
+    """The declared labels; records with any other label are bad (unknown_label). Empty: any label."""
+    new_label_policy: str = "fail"
+    """Labels not in the vocabulary yet: ``fail``, ``append`` (new ids) or ``quarantine`` (see
+    ``tasks.vocabulary.POLICIES``)."""
+    vocabulary: str = ""
+    """Storage URL of the label vocabulary folder; empty: ``_vocabulary`` beside the output partition."""
+    quarantine: str = ""
+    """Storage URL for the bad records; empty: ``<output's grandparent>/quarantine/<partition>``."""
+    max_bad_fraction: float = 0.05
+    """The stage fails when a larger fraction of the records is bad."""
+    previous_stats: str = ""
+    """Storage URL of the previous partition's ``stats.json``, for label drift; empty: the day before's, beside the
+    output, when the partition is named ``ds=YYYY-MM-DD``."""
+    drift_threshold: float = 0.2
+    """Warn when the total variation distance between this and the previous label distribution is larger."""
 
 
 def parse_args(argv: list[str]) -> Config:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--raw", required=True)
     p.add_argument("--output", required=True)
+    p.add_argument("--layout", default=Config.layout, choices=sorted(layouts.LAYOUTS))
     p.add_argument("--labels-file", default=Config.labels_file)
+    p.add_argument("--id-column", default=Config.id_column)
+    p.add_argument("--label-column", default=Config.label_column)
+    p.add_argument("--image-column", default=Config.image_column)
     p.add_argument("--split-fractions", default=",".join(str(x) for x in Config.split_fractions),
                    help="train,eval,test fractions summing to 1")
     p.add_argument("--min-shards", type=int, default=Config.min_shards)
     p.add_argument("--target-shard-mb", type=float, default=Config.target_shard_bytes / 2**20)
+    p.add_argument("--min-image-side", type=int, default=Config.min_image_side)
+    p.add_argument("--max-image-side", type=int, default=Config.max_image_side)
+    p.add_argument("--max-image-mb", type=float, default=Config.max_image_bytes / 2**20)
+    p.add_argument("--labels", default="", help="comma-separated declared labels; empty: any label")
+    p.add_argument("--new-label-policy", default=Config.new_label_policy, choices=sorted(vocabulary.POLICIES))
+    p.add_argument("--vocabulary", default=Config.vocabulary)
+    p.add_argument("--quarantine", default=Config.quarantine)
+    p.add_argument("--max-bad-fraction", type=float, default=Config.max_bad_fraction)
+    p.add_argument("--previous-stats", default=Config.previous_stats)
+    p.add_argument("--drift-threshold", type=float, default=Config.drift_threshold)
     a = p.parse_args(argv)
     fractions = tuple(float(x) for x in a.split_fractions.split(","))
     if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0:
         p.error(f"--split-fractions {a.split_fractions!r}: need three non-negative numbers summing to 1")
     if a.min_shards < 1:
         p.error("--min-shards must be at least 1")
-    return Config(raw=a.raw, output=a.output, labels_file=a.labels_file, split_fractions=fractions,
-                  min_shards=a.min_shards, target_shard_bytes=int(a.target_shard_mb * 2**20))
+    if a.target_shard_mb <= 0 or a.max_image_mb <= 0:
+        p.error("--target-shard-mb and --max-image-mb must be positive")
+    if not 1 <= a.min_image_side <= a.max_image_side:
+        p.error(f"need 1 <= --min-image-side ({a.min_image_side}) <= --max-image-side ({a.max_image_side})")
+    for name in ("max_bad_fraction", "drift_threshold"):
+        if not 0 <= getattr(a, name) <= 1:
+            p.error(f"--{name.replace('_', '-')} must be within [0, 1], got {getattr(a, name)}")
+    declared = tuple(x.strip() for x in a.labels.split(",") if x.strip())
+    return Config(raw=a.raw, output=a.output, layout=a.layout, labels_file=a.labels_file, id_column=a.id_column,
+                  label_column=a.label_column, image_column=a.image_column, split_fractions=fractions,
+                  min_shards=a.min_shards, target_shard_bytes=int(a.target_shard_mb * 2**20),
+                  min_image_side=a.min_image_side, max_image_side=a.max_image_side,
+                  max_image_bytes=int(a.max_image_mb * 2**20), labels=declared,
+                  new_label_policy=a.new_label_policy, vocabulary=a.vocabulary, quarantine=a.quarantine,
+                  max_bad_fraction=a.max_bad_fraction, previous_stats=a.previous_stats,
+                  drift_threshold=a.drift_threshold)
 
 
-class PrepError(RuntimeError):
-    pass
+def _parent(url: str) -> str:
+    return url.rstrip("/").rpartition("/")[0]
 
 
-def read_labels(raw_dir, labels_file: str) -> dict[str, str]:
-    """``{relative path: label}`` from the partition's labels manifest, with errors naming file and line."""
-    path = raw_dir / labels_file
-    if not path.exists():
-        raise PrepError(f"labels manifest {path} is missing")
-    labels: dict[str, str] = {}
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or not {"path", "label"} <= set(reader.fieldnames):
-            raise PrepError(f"{path}: header must name columns 'path' and 'label', got {reader.fieldnames}")
-        for line_no, row in enumerate(reader, start=2):
-            rel, label = (row["path"] or "").strip(), (row["label"] or "").strip()
-            if not rel or not label:
-                raise PrepError(f"{path}:{line_no}: empty path or label in {row}")
-            if rel in labels:
-                raise PrepError(f"{path}:{line_no}: {rel!r} is listed twice")
-            labels[rel] = label
-    if not labels:
-        raise PrepError(f"labels manifest {path} lists no records")
-    return labels
+def _name(url: str) -> str:
+    return url.rstrip("/").rpartition("/")[2]
 
 
-def relative_to_partition(file_path: str, partition_name: str) -> str:
-    """``images/a.jpg`` from ``file:/.../ds=2026-11-20/images/a.jpg``."""
-    marker = "/" + partition_name + "/"
-    i = file_path.rfind(marker)
-    if i < 0:
-        raise PrepError(f"{file_path} is not under a folder named {partition_name}")
-    return file_path[i + len(marker):]
+def vocabulary_url(cfg: Config) -> str:
+    return cfg.vocabulary or storage.join(_parent(cfg.output), "_vocabulary")
+
+
+def quarantine_url(cfg: Config) -> str:
+    if cfg.quarantine:
+        return cfg.quarantine
+    root = _parent(_parent(cfg.output))
+    if not root or root.endswith(":/") or root.endswith(":"):
+        raise PrepError(f"--output {cfg.output} has no grandparent folder to put quarantine/ in; set --quarantine")
+    return storage.join(root, "quarantine", _name(cfg.output))
+
+
+def previous_stats_url(cfg: Config) -> tuple[str | None, str]:
+    """The previous partition's ``stats.json`` URL (None if unknown) and a name for it in messages."""
+    if cfg.previous_stats:
+        return cfg.previous_stats, cfg.previous_stats
+    m = re.fullmatch(r"ds=(\d{4}-\d{2}-\d{2})", _name(cfg.output))
+    if not m:
+        return None, "the partition is not named ds=YYYY-MM-DD and --previous-stats is not set"
+    previous = f"ds={dt.date.fromisoformat(m.group(1)) - dt.timedelta(days=1)}"
+    return storage.join(_parent(cfg.output), previous, STATS), previous
 
 
 def num_shards(split_bytes: int, cfg: Config) -> int:
-    return max(cfg.min_shards, math.ceil(split_bytes / cfg.target_shard_bytes))
+    """Enough shards of about ``target_shard_bytes``, at least ``min_shards``, a multiple of ``min_shards``."""
+    wanted = max(1, math.ceil(split_bytes / cfg.target_shard_bytes))
+    return cfg.min_shards * math.ceil(wanted / cfg.min_shards)
 
 
-def example_bytes(record_id: str, content: bytes, label_id: int, label: str) -> bytes:
-    fmt = schema.image_format(content)
-    return tfrecord.encode_example({
-        schema.IMAGE: content,
-        schema.FORMAT: fmt or "unknown",
-        schema.LABEL: label_id,
-        schema.LABEL_TEXT: label,
-        schema.RECORD_ID: record_id,
-    })
+@dataclasses.dataclass
+class Plan:
+    """Every record's label id, split and shard, and the shard tasks."""
+
+    vocabulary: vocabulary.Vocabulary
+    new_labels: list[str]
+    """Labels this partition adds to the vocabulary."""
+    unknown_labels: list[str]
+    """Labels new to the vocabulary whose records are quarantined (policy ``quarantine``)."""
+    shards: dict[str, int]
+    tasks: list[prep_tasks.ShardTask]
+    task_of: list[int]
+    """The task of each listed record, in listing order."""
+    planned: list[prep_tasks.Planned]
+    """Each listed record as planned, in listing order."""
 
 
-def write_shard(staging: str, name: str, records) -> tuple[str, int, int]:
-    """Writes one shard file from ``(record_id, example bytes)`` pairs in id order.
+def make_plan(raw: layouts.RawPartition, current: vocabulary.Vocabulary, cfg: Config, partition: str) -> Plan:
+    """Checks labels, resolves the vocabulary, assigns every record to a split and a shard.
 
-    The file is written under an attempt-unique name and renamed, so a speculative or retried Spark task that
-    writes the same shard leaves one whole file.
+    Raises:
+        PrepError: new labels under the ``fail`` policy.
     """
-    records = sorted(records)
-    target = os.path.join(staging, name)
-    tmp = f"{target}.attempt-{os.getpid()}-{time.monotonic_ns()}"
-    with open(tmp, "wb") as f:
-        n = tfrecord.write_records(f, (r for _, r in records))
-    os.replace(tmp, target)
-    return name, n, os.path.getsize(target)
+    declared = set(cfg.labels)
+    problems = []
+    for r in raw.records:
+        problem = r.problem
+        if problem is None:
+            bad = image_check.label_problem(r.label)
+            if bad is not None:
+                problem = (bad.reason, bad.detail)
+            elif declared and r.label not in declared:
+                problem = ("unknown_label", f"label {r.label!r} is not one of the declared labels "
+                                            f"({', '.join(sorted(declared))})")
+        problems.append(problem)
+    seen = Counter(r.label for r, problem in zip(raw.records, problems) if problem is None)
+    try:
+        vocab, new = vocabulary.resolve(current, dict(seen), cfg.new_label_policy, partition)
+    except vocabulary.VocabularyError as e:
+        raise PrepError(str(e)) from e
+    unknown: list[str] = []
+    if new and vocab.version == current.version:  # the quarantine policy: the vocabulary stays as it is
+        unknown, new = new, []
+        for i, r in enumerate(raw.records):
+            if problems[i] is None and r.label in unknown:
+                problems[i] = ("unknown_label", f"label {r.label!r} is not in vocabulary v{current.version} "
+                                                "(--new-label-policy quarantine)")
+    ids = vocab.ids()
+
+    split_bytes = dict.fromkeys(schema.SPLITS, 0)
+    splits = [schema.split_of(r.id, cfg.split_fractions) for r in raw.records]
+    for r, split, problem in zip(raw.records, splits, problems):
+        if problem is None:
+            split_bytes[split] += r.size
+    shards = {s: num_shards(split_bytes[s], cfg) for s in schema.SPLITS}
+    keys = [(s, i) for s in schema.SPLITS for i in range(shards[s])]
+    index_of = {k: n for n, k in enumerate(keys)}
+    members: list[list[prep_tasks.Planned]] = [[] for _ in keys]
+    planned, task_of = [], []
+    for r, split, problem in zip(raw.records, splits, problems):
+        p = prep_tasks.Planned(r.id, r.label, -1 if problem else ids[r.label], r.source, r.size, problem)
+        n = index_of[(split, schema.shard_of(r.id, shards[split]))]
+        planned.append(p)
+        task_of.append(n)
+        members[n].append(p)
+    files_layout = raw.layout != "parquet"
+    tasks = [prep_tasks.ShardTask(n, s, schema.shard_name(s, i, shards[s]),
+                                  tuple(sorted(members[n], key=lambda p: (p.id, p.source))) if files_layout else ())
+             for n, (s, i) in enumerate(keys)]
+    return Plan(vocab, new, unknown, shards, tasks, task_of, planned)
+
+
+class _Progress:
+    """Logs how many records the Spark job has checked, the rate and the time left, every ``every_s`` seconds.
+
+    Tasks add their record count to an accumulator when they finish; a retried task may count twice, which only
+    makes the progress line optimistic.
+    """
+
+    def __init__(self, sc, total: int, every_s: float = 15.0) -> None:
+        self.done = sc.accumulator(0)
+        self.total, self.every_s = total, every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._log, name="prep-progress", daemon=True)
+
+    def _log(self) -> None:
+        t0 = time.time()
+        while not self._stop.wait(self.every_s):
+            done, elapsed = self.done.value, time.time() - t0
+            rate = done / elapsed
+            eta = f"{(self.total - done) / rate:.0f}s" if rate else "unknown"
+            log.info("checked %d/%d records (%.0f%%), %.0f records/s, eta %s", done, self.total,
+                     100 * done / max(1, self.total), rate, eta)
+
+    def __enter__(self) -> _Progress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _counted(result: dict, done) -> dict:
+    done.add(result["records"] + len(result["bad"]))
+    return result
+
+
+def execute(spark, raw: layouts.RawPartition, plan: Plan, ctx: prep_tasks.Context) -> list[dict]:
+    """Runs the Spark job that checks and writes every record; returns each shard task's result, by index."""
+    sc = spark.sparkContext
+    tasks = plan.tasks
+    with _Progress(sc, len(plan.planned)) as progress:
+        done = progress.done
+        if raw.layout != "parquet":
+            # One Spark task per shard reads its own files: no shuffle, and the bytes are read once. Largest first,
+            # so that the last tasks to finish are small ones.
+            order = sorted(tasks, key=lambda t: (-t.bytes, t.index))
+            results = (sc.parallelize(order, len(order))
+                       .map(lambda t: _counted(prep_tasks.write_files_shard(t, ctx), done))
+                       .collect())
+        else:
+            # Parquet row groups hold records of every shard: check them where they are read, then shuffle the
+            # checked records to one writer per shard.
+            groups = [(g.file, g.index, [(plan.task_of[g.first + i], plan.planned[g.first + i])
+                                         for i in range(g.rows)]) for g in raw.parquet_groups]
+            in_groups = {g.first + i for g in raw.parquet_groups for i in range(g.rows)}
+            others = [(plan.task_of[i], p) for i, p in enumerate(plan.planned) if i not in in_groups]
+            checked = (sc.parallelize(groups, max(1, len(groups)))
+                       .flatMap(lambda g: prep_tasks.check_row_group(*g, ctx)))
+            if others:
+                checked = checked.union(sc.parallelize(others, 1).mapPartitions(
+                    lambda items: prep_tasks.check_files(list(items), ctx)))
+            results = (checked.partitionBy(len(tasks), lambda k: k)
+                       .mapPartitionsWithIndex(lambda i, items: [_counted(prep_tasks.write_checked(
+                           tasks[i], (v for _, v in items), ctx), done)])
+                       .collect())
+    return sorted(results, key=lambda r: r["index"])
+
+
+def _first_bad(bad: list[tuple], n: int = 5) -> str:
+    return "; ".join(f"{b[0]} ({b[2]}: {b[3]})" for b in bad[:n])
+
+
+def write_quarantine(q_staging: str, cfg: Config, partition: str, results: list[dict], total: int) -> list[tuple]:
+    """Writes the quarantine's index and summary into its staging folder; returns the bad records, sorted."""
+    bad = sorted(((*b, r["quarantine_file"]) for r in results for b in r["bad"]), key=lambda b: (b[0], b[4]))
+    lines = [json.dumps({"id": b[0], "label": b[1], "reason": b[2], "detail": b[3], "source": b[4], "bytes": b[5],
+                         "file": b[6]}, sort_keys=True) for b in bad]
+    storage.write_text_atomic(storage.join(q_staging, QUARANTINE_INDEX), "".join(line + "\n" for line in lines))
+    summary = {"partition": partition, "source": cfg.raw, "records": total, "bad": len(bad),
+               "reasons": dict(sorted(Counter(b[2] for b in bad).items())),
+               "files": sorted({b[6] for b in bad}), "reason_codes": image_check.REASONS}
+    storage.write_text_atomic(storage.join(q_staging, QUARANTINE_SUMMARY), json.dumps(summary, indent=2,
+                                                                                      sort_keys=True))
+    storage.write_bytes_atomic(storage.join(q_staging, schema.SUCCESS), b"")
+    return bad
+
+
+def check_bad_fraction(cfg: Config, bad: list[tuple], total: int, quarantine: str) -> None:
+    """Raises PrepError when no record is valid or too many are bad."""
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(Counter(b[2] for b in bad).items()))
+    if len(bad) == total:
+        raise PrepError(f"{cfg.raw}: no valid records: all {total} records are bad ({reasons}); first: "
+                        f"{_first_bad(bad)}. They are in {quarantine}")
+    if len(bad) > cfg.max_bad_fraction * total:
+        raise PrepError(f"{cfg.raw}: {len(bad)} of {total} records are bad ({len(bad) / total:.1%} > "
+                        f"max_bad_fraction {cfg.max_bad_fraction:.1%}): {reasons}; first: {_first_bad(bad)}. "
+                        f"They are in {quarantine}; fix the producer's data, or raise --max-bad-fraction")
+
+
+def build_stats(cfg: Config, partition: str, plan: Plan, results: list[dict], bad: list[tuple],
+                label_totals: dict[str, int]) -> dict:
+    previous_url, previous_name = previous_stats_url(cfg)
+    previous = None
+    if previous_url is not None and storage.exists(previous_url):
+        try:
+            previous = json.loads(storage.read_text(previous_url))
+        except ValueError as e:  # a broken file of another day must not fail this one: say so and go on
+            log.warning("previous statistics %s are not valid JSON (%s): label drift not checked", previous_url, e)
+    valid = sum(r["records"] for r in results)
+    return {
+        "partition": partition,
+        "records": {"total": valid + len(bad), "valid": valid, "bad": len(bad),
+                    "bad_fraction": round(len(bad) / (valid + len(bad)), 6)},
+        "counts": {s: sum(r["records"] for r in results if r["split"] == s) for s in schema.SPLITS},
+        "labels": label_totals,
+        "bad_reasons": dict(sorted(Counter(b[2] for b in bad).items())),
+        "formats": dict(sorted(sum((Counter(r["formats"]) for r in results), Counter()).items())),
+        "image_size": {key: prep_stats.describe_sizes(prep_stats.merge_sizes(r[src] for r in results))
+                       for key, src in (("width", "width"), ("height", "height"), ("bytes", "image_bytes"))},
+        "vocabulary_version": plan.vocabulary.version,
+        # From the vocabulary's history rather than from this run, so that a rerun writes the same statistics.
+        "new_labels": sorted({name for h in plan.vocabulary.history if h["partition"] == partition
+                              for name in h["added"]}),
+        "unknown_labels": plan.unknown_labels,
+        "label_drift": prep_stats.label_drift(label_totals, previous, previous_name if previous is None
+                                              else previous.get("partition", previous_name), cfg.drift_threshold),
+    }
+
+
+class _VocabularyRace(Exception):
+    """Another run saved a vocabulary version that gives this partition's labels other ids: plan again."""
 
 
 def run(cfg: Config, spark=None) -> dict:
-    """Runs the stage and returns the manifest it wrote."""
-    from pyspark.sql import SparkSession, functions as F
+    """Runs the stage and returns the manifest it wrote.
 
-    raw_dir = storage.local_path(cfg.raw)
-    partition_name = raw_dir.name
-    if not (raw_dir / schema.SUCCESS).exists():
-        raise PrepError(f"raw partition {cfg.raw} has no {schema.SUCCESS} marker: the producer has not finished")
+    Raises:
+        PrepError: no ``_SUCCESS`` in the raw partition, an unusable manifest or layout, new labels under the
+            ``fail`` policy, no valid record, or more bad records than ``max_bad_fraction`` (the quarantine is
+            committed first).
+    """
+    from pyspark.sql import SparkSession
+
     t0 = time.time()
-    labels_by_path = read_labels(raw_dir, cfg.labels_file)
-    vocabulary = sorted(set(labels_by_path.values()))
-    label_ids = {name: i for i, name in enumerate(vocabulary)}
-    log.info("%s: %d records in %s, %d labels: %s", cfg.raw, len(labels_by_path), cfg.labels_file,
-             len(vocabulary), ", ".join(vocabulary))
-
-    spark = spark or SparkSession.builder.appName(f"prepare_examples {partition_name}").getOrCreate()
-    sc = spark.sparkContext
-    files = (spark.read.format("binaryFile")
-             .option("recursiveFileLookup", "true")
-             .load(str(raw_dir))
-             .where(~F.col("path").rlike(r"/[_.][^/]*$"))   # markers and hidden files
-             .where(~F.col("path").endswith("/" + cfg.labels_file)))
-
-    # Pass 1: sizes only (binaryFile does not read content when it is not selected).
-    sized = files.select("path", "length").collect()
-    by_rel = {relative_to_partition(r.path, partition_name): (r.path, r.length) for r in sized}
-    unlabelled = sorted(set(by_rel) - set(labels_by_path))
-    missing = sorted(set(labels_by_path) - set(by_rel))
-    if unlabelled or missing:
-        raise PrepError(
-            f"{cfg.raw}: {len(missing)} labelled records have no file (first: {missing[:5]}), "
-            f"{len(unlabelled)} files have no label in {cfg.labels_file} (first: {unlabelled[:5]})"
-        )
-    split_bytes = {s: 0 for s in schema.SPLITS}
-    for rel, (_, length) in by_rel.items():
-        split_bytes[schema.split_of(rel, cfg.split_fractions)] += length
-    shards = {s: num_shards(split_bytes[s], cfg) for s in schema.SPLITS}
-    keys = [(s, i) for s in schema.SPLITS for i in range(shards[s])]
-    key_index = {k: n for n, k in enumerate(keys)}
-    log.info("pass 1: %d files, %.1f MB; shards per split %s (%.1fs)", len(by_rel),
-             sum(split_bytes.values()) / 2**20, shards, time.time() - t0)
-
+    partition = _name(cfg.raw)
+    if not storage.exists(storage.join(cfg.raw, schema.SUCCESS)):
+        raise PrepError(f"raw partition {cfg.raw} has no {schema.SUCCESS} marker: the producer has not finished")
+    raw = layouts.list_partition(cfg.layout, cfg.raw, cfg.labels_file, cfg.id_column, cfg.label_column,
+                                 cfg.image_column)
+    if not raw.records:
+        raise PrepError(f"raw partition {cfg.raw} holds no records in the {cfg.layout} layout (only hidden files, "
+                        "or nothing, besides its markers): check the producer, or --layout")
+    listed_bad = sum(1 for r in raw.records if r.problem)
+    log.info("%s (%s layout): %d records listed, %d already bad (%.1fs)", cfg.raw, cfg.layout, len(raw.records),
+             listed_bad, time.time() - t0)
+    quarantine = quarantine_url(cfg)
+    vocab_url = vocabulary_url(cfg)
+    spark = spark or SparkSession.builder.appName(f"prepare_examples {partition}").getOrCreate()
     storage.clean_stale(cfg.output)
-    staging = storage.staging_dir(cfg.output)
+    storage.clean_stale(quarantine)
+    for attempt in range(1, 4):
+        current = vocabulary.load(vocab_url)
+        plan = make_plan(raw, current, cfg, partition)
+        log.info("vocabulary v%d at %s: %d labels%s; shards per split %s", plan.vocabulary.version, vocab_url,
+                 len(plan.vocabulary.labels), f", adding {plan.new_labels}" if plan.new_labels else "", plan.shards)
+        try:
+            return _write(cfg, spark, raw, plan, current, partition, quarantine, t0)
+        except _VocabularyRace as race:
+            log.warning("attempt %d: %s; planning again with the new version", attempt, race)
+    raise PrepError(f"the label vocabulary {vocab_url} kept changing under this run (3 attempts); re-run the task")
+
+
+def _write(cfg: Config, spark, raw: layouts.RawPartition, plan: Plan, current: vocabulary.Vocabulary,
+           partition: str, quarantine: str, t0: float) -> dict:
+    staging = storage.new_staging(cfg.output)
+    q_staging = storage.new_staging(quarantine)
     try:
-        fractions = cfg.split_fractions
-        b_labels = sc.broadcast({rel: (label_ids[lab], lab) for rel, lab in labels_by_path.items()})
-        staging_str = str(staging)
+        ctx = prep_tasks.Context(raw=cfg.raw, staging=staging, quarantine_staging=q_staging,
+                                 bounds=image_check.Bounds(cfg.min_image_side, cfg.max_image_side,
+                                                           cfg.max_image_bytes),
+                                 webhdfs=storage.webhdfs_settings(), image_column=cfg.image_column)
+        t1 = time.time()
+        results = execute(spark, raw, plan, ctx)
+        valid = sum(r["records"] for r in results)
+        total = len(raw.records)
+        wall = max(time.time() - t1, 1e-9)
+        busy = sum(r["seconds"] for r in results)
+        log.info("checked and wrote %d records in %d shard tasks: %.1fs, %.0f records/s; task time %.1fs in all "
+                 "(CPU %.1fs), %.1fs the longest, %.1f tasks at a time on average", total, len(results), wall,
+                 total / wall, busy, sum(r["cpu_seconds"] for r in results), max(r["seconds"] for r in results),
+                 busy / wall)
+        bad = write_quarantine(q_staging, cfg, partition, results, total)
+        if valid + len(bad) != total:  # every listed record is either written or quarantined, exactly once
+            raise RuntimeError(f"{cfg.raw}: {total} records listed but {valid} written and {len(bad)} quarantined")
+        storage.commit_staging(q_staging, quarantine)
+        check_bad_fraction(cfg, bad, total, quarantine)
 
-        def keyed(row):
-            rel = relative_to_partition(row.path, partition_name)
-            split = schema.split_of(rel, fractions)
-            label_id, label = b_labels.value[rel]
-            return (split, schema.shard_of(rel, shards[split])), (rel, example_bytes(rel, bytes(row.content),
-                                                                                     label_id, label))
+        vocab = plan.vocabulary
+        if vocab.version != current.version and not vocabulary.save(vocab):
+            latest = vocabulary.load(vocab.url)
+            used = {r.label for r in plan.planned if r.label_id >= 0}
+            if any(latest.ids().get(name) != vocab.ids()[name] for name in used):
+                raise _VocabularyRace(f"vocabulary v{vocab.version} was saved by another run with other labels")
+            vocab = latest
+            log.info("vocabulary v%d saved by another run gives this partition's labels the same ids", vocab.version)
+        elif vocab.version != current.version:
+            log.info("saved vocabulary v%d: %s", vocab.version, ", ".join(vocab.labels))
 
-        def write_partition(index, items):
-            split, shard = keys[index]
-            yield write_shard(staging_str, schema.shard_name(split, shard, shards[split]), (v for _, v in items))
-
-        written = (files.select("path", "content").rdd
-                   .map(keyed)
-                   .partitionBy(len(keys), lambda k: key_index[k])
-                   .mapPartitionsWithIndex(write_partition)
-                   .collect())
-
-        counts_by_file = {name: n for name, n, _ in written}
-        split_counts = {s: 0 for s in schema.SPLITS}
-        label_counts = {s: {lab: 0 for lab in vocabulary} for s in schema.SPLITS}
-        for rel, lab in labels_by_path.items():
-            s = schema.split_of(rel, cfg.split_fractions)
-            split_counts[s] += 1
-            label_counts[s][lab] += 1
-        for s in schema.SPLITS:
-            in_files = sum(n for name, n in counts_by_file.items() if name.startswith(s + "-"))
-            if in_files != split_counts[s]:
-                raise PrepError(f"split {s}: wrote {in_files} records but expected {split_counts[s]}")
+        counts = {s: sum(r["records"] for r in results if r["split"] == s) for s in schema.SPLITS}
+        label_counts = {s: dict.fromkeys(vocab.labels, 0) for s in schema.SPLITS}
+        for r in results:
+            for name, n in r["labels"].items():
+                label_counts[r["split"]][name] += n
+        label_totals = {name: sum(label_counts[s][name] for s in schema.SPLITS) for name in vocab.labels}
         manifest = {
-            "partition": partition_name,
+            "partition": partition,
             "source": cfg.raw,
-            "labels": vocabulary,
-            "num_records": len(labels_by_path),
-            "counts": split_counts,
+            "layout": cfg.layout,
+            "labels": list(vocab.labels),
+            "vocabulary": {"url": vocab.url, "version": vocab.version},
+            "num_records": valid,
+            "bad_records": len(bad),
+            "quarantine": quarantine,
+            "counts": counts,
             "label_counts": label_counts,
-            "files": {s: [{"name": name, "records": counts_by_file[name]}
-                          for name in sorted(counts_by_file) if name.startswith(s + "-")]
-                      for s in schema.SPLITS},
+            "files": {s: [{"name": r["name"], "records": r["records"], "bytes": r["bytes"]}
+                          for r in results if r["split"] == s] for s in schema.SPLITS},
             "features": {"image": schema.IMAGE, "format": schema.FORMAT, "label": schema.LABEL,
                          "label_text": schema.LABEL_TEXT, "record_id": schema.RECORD_ID},
-            "config": dataclasses.asdict(cfg),
+            "stats": STATS,
+            "config": json.loads(runtime.config_json(cfg)),
         }
-        (staging / schema.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        (staging / schema.SUCCESS).write_bytes(b"")
-        storage.commit_dir(staging, cfg.output)
+        stats = build_stats(cfg, partition, dataclasses.replace(plan, vocabulary=vocab), results, bad, label_totals)
+        storage.write_text_atomic(storage.join(staging, STATS), json.dumps(stats, indent=2, sort_keys=True))
+        storage.write_text_atomic(storage.join(staging, schema.MANIFEST), json.dumps(manifest, indent=2,
+                                                                                     sort_keys=True))
+        storage.write_bytes_atomic(storage.join(staging, schema.SUCCESS), b"")
+        storage.commit_staging(staging, cfg.output)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        storage.remove(staging)
+        storage.remove(q_staging)
         raise
-    log.info("wrote %d records to %s: %s in %d files (%.1fs)", manifest["num_records"], cfg.output,
-             ", ".join(f"{s}={n}" for s, n in split_counts.items()), len(written), time.time() - t0)
+    prep_stats.log_summary(stats, manifest, quarantine)
+    log.info("wrote %d records to %s in %d files (%.1fs)", valid, cfg.output, len(results), time.time() - t0)
     return manifest
 
 

@@ -9,15 +9,27 @@ The stages work on local folders and publish them: ``fetch`` gives a local path 
 output in, and ``publish_dir`` puts it in place in one step (a rename or an exchange on ``file://``; an upload
 to a hidden sibling and renames on ``hdfs://``). TensorFlow 2.21 has no ``hdfs://`` file system, so TensorFlow
 only ever sees local paths.
+
+Outputs written by many Spark tasks at once go to a staging folder on the storage itself: ``new_staging`` makes
+it, each task writes its files with ``atomic_writer`` (whole files only, a retried or speculative attempt's copy
+included), and the driver puts the folder in place with ``commit_staging``. Tasks read inputs with ``walk``,
+``read_child`` and ``open_child`` (seekable, by byte ranges on ``hdfs://``), and receive the driver's WebHDFS
+settings (``webhdfs_settings``, applied with ``use_webhdfs``). ``create_new`` creates a file only if it does not
+exist yet, for writers that must not overwrite each other.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import io
 import os
 import shutil
+import tempfile
 import uuid
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import urlparse
 
 
@@ -56,6 +68,36 @@ def webhdfs():
 
         _client = WebHdfsClient.from_env()
     return _client
+
+
+_WEBHDFS_ENV = ("TFHUB_WEBHDFS_URL", "TFHUB_WEBHDFS_USER", "TFHUB_WEBHDFS_KERBEROS")
+
+
+def webhdfs_settings() -> dict[str, str]:
+    """This process's WebHDFS settings (the ``TFHUB_WEBHDFS_*`` environment), to hand to Spark tasks.
+
+    Python workers inherit the environment of the JVM that started them, not the driver's; a driver configured
+    after its JVM started (or a cluster whose executors lack the variables) would leave executors unable to
+    reach ``hdfs://``. The driver ships these settings with the tasks, which apply them with ``use_webhdfs``.
+    """
+    return {k: os.environ[k] for k in _WEBHDFS_ENV if k in os.environ}
+
+
+def use_webhdfs(settings: Mapping[str, str]) -> None:
+    """Makes this process use the given WebHDFS settings (from ``webhdfs_settings``), replacing a client that was
+    made with others (a reused Spark Python worker may have served another job)."""
+    global _client
+    current = webhdfs_settings()
+    if dict(settings) == current:
+        return
+    for k in _WEBHDFS_ENV:
+        if k in settings:
+            os.environ[k] = settings[k]
+        else:
+            os.environ.pop(k, None)
+    if _client is not None:
+        _client.close()
+    _client = None
 
 
 def _hidden_sibling(url: str, kind: str) -> str:
@@ -299,15 +341,7 @@ def publish_dir(local_dir: Path, url: str, keep_previous: bool = False) -> str |
     staging = _hidden_sibling(url, "staging")
     try:
         client.upload_dir(local_dir, staging)
-        previous = None
-        if client.exists(url):
-            previous = _hidden_sibling(url, "old")
-            if not client.rename(url, previous):
-                raise StorageError(f"could not move {url} aside to {previous}")
-        if not client.rename(staging, url):
-            if previous:
-                client.rename(previous, url)
-            raise StorageError(f"could not rename {staging} to {url}")
+        previous = _hdfs_swap_in(staging, url)
     except BaseException:
         client.delete(staging, recursive=True)
         raise
@@ -318,6 +352,26 @@ def publish_dir(local_dir: Path, url: str, keep_previous: bool = False) -> str |
     if previous:
         client.delete(previous, recursive=True)
     return None
+
+
+def _hdfs_swap_in(staging: str, url: str) -> str | None:
+    """Renames a complete HDFS folder into place of ``url``; returns where the previous one was moved, if any.
+
+    HDFS cannot exchange two paths, and a rename onto an existing folder would move the source inside it: the old
+    folder is renamed aside first (each rename is atomic; readers may find the path absent for that moment, never
+    partial), then the new one into place.
+    """
+    client = webhdfs()
+    previous = None
+    if client.exists(url):
+        previous = _hidden_sibling(url, "old")
+        if not client.rename(url, previous):
+            raise StorageError(f"could not move {url} aside to {previous}")
+    if not client.rename(staging, url):
+        if previous:
+            client.rename(previous, url)
+        raise StorageError(f"could not rename {staging} to {url}")
+    return previous
 
 
 def discard_url(previous: str | None) -> None:
@@ -336,3 +390,224 @@ def roll_back_url(url: str, previous: str | None) -> None:
     if previous:
         client.rename(previous, url)
     client.delete(rejected, recursive=True)
+
+
+def _is_hidden(name: str) -> bool:
+    # Hadoop's convention (FileInputFormat's hidden-file filter): markers and work folders start with _ or .
+    return name.startswith(("_", "."))
+
+
+def walk(url: str, include_hidden: bool = False) -> list[tuple[str, int]]:
+    """Every file under a folder, recursively, as ``(path relative to the folder, size in bytes)``, sorted.
+
+    Args:
+        url: the folder.
+        include_hidden: also list files and folders whose name starts with ``_`` or ``.`` (markers such as
+            ``_SUCCESS``, staging folders); they are skipped by default, as Hadoop's input formats skip them.
+
+    Raises:
+        StorageError: when the folder does not exist or is a file.
+    """
+    out: list[tuple[str, int]] = []
+    if scheme(url) == "hdfs":
+        client = webhdfs()
+        st = client.status(url)
+        if st is None or st["type"] != "DIRECTORY":
+            raise StorageError(f"{url} " + ("does not exist" if st is None else "is a file, not a folder"))
+        from tasks.webhdfs import hdfs_path
+
+        base = hdfs_path(url).rstrip("/")
+        pending = [""]
+        while pending:
+            rel = pending.pop()
+            for entry in client.list(f"{base}/{rel}" if rel else base):
+                name = entry["pathSuffix"]
+                if not include_hidden and _is_hidden(name):
+                    continue
+                child = f"{rel}/{name}" if rel else name
+                if entry["type"] == "DIRECTORY":
+                    pending.append(child)
+                else:
+                    out.append((child, int(entry["length"])))
+        return sorted(out)
+    root = local_path(url)
+    if not root.is_dir():
+        raise StorageError(f"{url} " + ("is a file, not a folder" if root.exists() else "does not exist"))
+    for dirpath, dirnames, filenames in os.walk(root):
+        if not include_hidden:
+            dirnames[:] = [d for d in dirnames if not _is_hidden(d)]
+        rel = Path(dirpath).relative_to(root).as_posix()
+        for name in filenames:
+            if include_hidden or not _is_hidden(name):
+                p = Path(dirpath) / name
+                out.append((name if rel == "." else f"{rel}/{name}", p.stat().st_size))
+    return sorted(out)
+
+
+def _child_path(url: str, rel: str) -> str:
+    """The HDFS path of ``rel`` under the folder ``url``, built without URL parsing so that names holding ``#``,
+    ``?`` or ``%`` stay literal."""
+    from tasks.webhdfs import hdfs_path
+
+    return hdfs_path(url).rstrip("/") + "/" + rel
+
+
+def read_child(url: str, rel: str) -> bytes:
+    """The content of the file ``rel`` (a relative path as ``walk`` gives it) under the folder ``url``."""
+    if scheme(url) == "hdfs":
+        return webhdfs().read_bytes(_child_path(url, rel))
+    return (local_path(url) / rel).read_bytes()
+
+
+def create_new(url: str, data: bytes) -> bool:
+    """Creates a file holding ``data`` only if nothing is at ``url`` yet, complete when it appears.
+
+    A compare-and-set for writers that must not overwrite each other: the data goes to a hidden sibling, which is
+    then hard-linked (``file://``) or renamed (``hdfs://``, whose rename refuses an existing destination) to
+    ``url``.
+
+    Returns:
+        True when this call created the file, False when one was there already.
+    """
+    if scheme(url) == "hdfs":
+        client, tmp = webhdfs(), _hidden_sibling(url, "tmp")
+        client.mkdirs(url.rstrip("/").rpartition("/")[0])
+        client.write_bytes(tmp, data, overwrite=True)
+        if client.rename(tmp, url):
+            return True
+        client.delete(tmp, recursive=False)
+        if client.exists(url):
+            return False
+        raise StorageError(f"could not rename {tmp} to {url}")
+    target = local_path(url)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex}")
+    tmp.write_bytes(data)
+    try:
+        os.link(tmp, target)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink()
+
+
+def new_staging(url: str) -> str:
+    """The URL of a fresh hidden sibling folder of ``url`` on the same storage, for writers that run elsewhere
+    (Spark tasks) to fill before ``commit_staging`` puts it in place; ``clean_stale`` removes abandoned ones."""
+    if scheme(url) == "hdfs":
+        staging = _hidden_sibling(url, "staging")
+        webhdfs().mkdirs(staging)
+        return staging
+    return "file://" + str(staging_dir(url))
+
+
+def commit_staging(staging_url: str, url: str) -> None:
+    """Puts a complete staging folder from ``new_staging`` in place of ``url`` and deletes the previous output.
+
+    Temporary files that writers left in the folder (an attempt killed mid-write, see ``atomic_writer``) are
+    deleted first, so the committed folder holds only complete files.
+    """
+    for name in list_names(staging_url):
+        if name.startswith(".") and ".tmp-" in name:
+            remove(join(staging_url, name))
+    if scheme(url) == "hdfs":
+        previous = _hdfs_swap_in(staging_url, url)
+        if previous:
+            webhdfs().delete(previous, recursive=True)
+        return
+    commit_dir(local_path(staging_url), url)
+
+
+@contextlib.contextmanager
+def atomic_writer(url: str) -> Iterator[BinaryIO]:
+    """A local binary file to write ``url``'s content into; the file appears at ``url`` complete, or not at all.
+
+    ``file://``: written as a hidden sibling and renamed over ``url``. ``hdfs://``: written to a local temporary
+    file, uploaded to a hidden sibling and renamed to ``url``; when a file is already there (a speculative or
+    retried Spark attempt got there first) that one is kept. Both are right only for content that does not depend
+    on the attempt, which is what the stages write: either copy is the same bytes.
+    """
+    if scheme(url) == "hdfs":
+        fd, local = tempfile.mkstemp(prefix="tfhub-upload-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                yield f
+            client, tmp = webhdfs(), _hidden_sibling(url, "tmp")
+            client.upload(local, tmp, overwrite=True)
+            if not client.rename(tmp, url):
+                client.delete(tmp, recursive=False)
+                if not client.exists(url):
+                    raise StorageError(f"could not rename {tmp} to {url}")
+        finally:
+            os.unlink(local)
+        return
+    target = local_path(url)
+    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class _WebHdfsRangeFile(io.RawIOBase):
+    """A seekable read-only file over WebHDFS ``OPEN`` with ``offset`` and ``length``: readers such as Parquet's
+    fetch only the byte ranges they need."""
+
+    def __init__(self, path: str, size: int) -> None:
+        super().__init__()
+        self._path, self._size, self._pos = path, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise OSError(errno.EINVAL, f"seek before the start of {self._path}")
+        self._pos = base + offset
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        n = min(len(buffer), self._size - self._pos)
+        if n <= 0:
+            return 0
+        data = webhdfs().read_bytes(self._path, offset=self._pos, length=n)
+        if len(data) != n:
+            raise OSError(errno.EIO, f"{self._path}: asked for {n} bytes at {self._pos}, got {len(data)}")
+        buffer[:n] = data
+        self._pos += n
+        return n
+
+
+def open_child(url: str, rel: str) -> BinaryIO:
+    """A seekable binary file object reading the file ``rel`` under the folder ``url`` (close it when done)."""
+    if scheme(url) == "hdfs":
+        path = _child_path(url, rel)
+        st = webhdfs().status(path)
+        if st is None or st["type"] != "FILE":
+            raise StorageError(f"{url}/{rel} " + ("does not exist" if st is None else "is a folder, not a file"))
+        return io.BufferedReader(_WebHdfsRangeFile(path, int(st["length"])), buffer_size=1 << 20)
+    return open(local_path(url) / rel, "rb")
+
+
+def fetch_files(url: str, names: Iterable[str], scratch: os.PathLike | str) -> Path:
+    """A local folder holding the named files of the folder at ``url``: the folder itself for ``file://``; for
+    ``hdfs://`` a folder under ``scratch`` with only those files downloaded (a stage that reads one split of a
+    dataset need not copy the others)."""
+    if scheme(url) == "file":
+        return local_path(url)
+    dest = Path(scratch) / url.rstrip("/").rpartition("/")[2]
+    dest.mkdir(parents=True, exist_ok=True)
+    client = webhdfs()
+    for name in names:
+        client.download(_child_path(url, name), dest / name)
+    return dest

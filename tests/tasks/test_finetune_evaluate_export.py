@@ -39,7 +39,7 @@ def test_barrier_stage_trains_and_only_the_chief_writes(trained):
     run = root / "runs" / "ds=2026-11-20"
     assert (run / "model" / "saved_model.pb").exists()
     assert sorted(p.name for p in run.iterdir()) == ["finetune_config.json", "history.json", "model",
-                                                     "training_curves.png"]
+                                                     "tensorboard", "training_curves.png"]
     saved = json.loads((run / "history.json").read_text())
     assert saved["num_workers"] == 2 and len(saved["history"]) == 2
     assert {"loss", "accuracy", "examples_per_sec", "val_accuracy"} <= set(saved["history"][0])
@@ -272,6 +272,61 @@ def test_more_workers_than_slots_fails_before_launching(trained, spark):
                    hub_module=json.loads((root / "runs/ds=2026-11-20/history.json").read_text())["hub_module"],
                    num_workers=2, batch_size=8)
     cfg.num_workers = 3
-    with pytest.raises(F.FinetuneError, match="3 workers but only 2 non-empty|3 barrier tasks wanted but the "
-                                              "application has 2 task slots"):
+    cfg.slots_wait_s = 1
+    with pytest.raises(F.FinetuneError, match="3 workers but only 2 non-empty|num_workers=3 barrier tasks wanted but "
+                                              "2 task slots available"):
         F.run(cfg, spark)
+
+
+def test_evaluate_and_export_on_hdfs(trained, tmp_path, monkeypatch):
+    """The same stages with examples, run folder and serving root on hdfs:// (the WebHDFS test server)."""
+    import shutil
+
+    from tasks import storage
+    from tests.support.webhdfs_server import WebHdfsTestServer
+
+    root = trained[0]
+    with WebHdfsTestServer(tmp_path / "hdfs") as srv:
+        monkeypatch.setenv("TFHUB_WEBHDFS_URL", srv.url)
+        monkeypatch.setattr(storage, "_client", None)
+        store = srv.root / "tfhub"
+        shutil.copytree(root / "examples", store / "examples")
+        run = store / "runs" / "ds=2026-11-20"
+        run.mkdir(parents=True)
+        shutil.copytree(root / "runs" / "ds=2026-11-20" / "model", run / "model")
+        for name in ("history.json", "finetune_config.json"):
+            shutil.copyfile(root / "runs" / "ds=2026-11-20" / name, run / name)
+        hdfs = "hdfs://namenode:8020/tfhub"
+        cfg = X.Config(run_dir=f"{hdfs}/runs/ds=2026-11-20", examples=f"{hdfs}/examples/ds=2026-11-20",
+                       serving_root=f"{hdfs}/serving", model_name="shapes", version=20261120)
+
+        url = X.run(cfg)
+        version = store / "serving" / "shapes" / "20261120"
+        assert url == f"{hdfs}/serving/shapes/20261120" and (version / "saved_model.pb").exists()
+        assert (version / "assets" / "labels.txt").read_text().split() == ["circle", "cross", "square", "triangle"]
+        published = json.loads((run / "published.json").read_text())
+        assert published["verified"] is True and published["path"] == url
+        # Uploaded to a hidden sibling, then renamed into place.
+        assert any(op == "RENAME" and "/serving/shapes/.20261120.staging-" in path for _, op, path in srv.calls())
+        before = (version / "saved_model.pb").read_bytes()
+
+        # A failed check after publishing puts the previous copy back.
+        def broken(version_dir, expected, timeout=300):
+            raise RuntimeError("predictions disagree")
+
+        monkeypatch.setattr(X, "verify_in_fresh_process", broken)
+        with pytest.raises(RuntimeError, match="predictions disagree"):
+            X.run(cfg)
+        assert (version / "saved_model.pb").read_bytes() == before
+        assert sorted(p.name for p in version.parent.iterdir()) == ["20261120"]
+
+        blessing = E.run(E.Config(examples=cfg.examples, run_dir=cfg.run_dir, serving_root=cfg.serving_root,
+                                  model_name="shapes", baseline_tolerance=0.0))
+        assert blessing["baseline"]["version"] == 20261120 and blessing["baseline"]["path"] == url
+        assert blessing["baseline"]["accuracy"] == pytest.approx(blessing["candidate"]["accuracy"])
+        assert json.loads((run / "blessing.json").read_text()) == blessing
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["num_examples"] == json.loads(
+            (store / "examples" / "ds=2026-11-20" / "manifest.json").read_text())["counts"]["test"]
+        assert (run / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert "BLESSED" in (run / "report.md").read_text()

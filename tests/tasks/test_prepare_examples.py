@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from tasks import layouts, schema
 from tasks import prepare_examples as P
-from tasks import schema, tfrecord
 from tests.conftest import make_partition
 
 
@@ -63,15 +63,28 @@ def test_every_raw_record_lands_once_in_its_split(spark, tmp_path):
 
 def test_rerun_gives_byte_identical_files_and_one_copy(spark, tmp_path):
     raw = make_partition(tmp_path / "raw", "2026-11-21", num_images=30)
-    run_prep(tmp_path, raw, min_shards=2)
+    (raw / "images" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    rows = list(csv.reader(open(raw / "labels.csv")))
+    with open(raw / "labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows + [["images/broken.jpg", "circle"]])
+    run_prep(tmp_path, raw, min_shards=2, max_bad_fraction=0.1)
     out = tmp_path / "examples" / raw.name
-    first = {p.name: p.read_bytes() for p in out.iterdir()}
-    # A killed earlier attempt left a staging folder behind; the rerun cleans it and commits one copy.
+    quarantine = tmp_path / "quarantine" / raw.name
+    first = {p.name: p.read_bytes() for d in (out, quarantine) for p in d.iterdir()}
+    # A killed earlier attempt left staging folders behind; the rerun cleans them and commits one copy.
     (tmp_path / "examples" / f".{raw.name}.staging-deadbeef").mkdir()
-    run_prep(tmp_path, raw, min_shards=2)
-    second = {p.name: p.read_bytes() for p in out.iterdir()}
+    (tmp_path / "quarantine" / f".{raw.name}.staging-deadbeef").mkdir()
+    run_prep(tmp_path, raw, min_shards=2, max_bad_fraction=0.1)
+    second = {p.name: p.read_bytes() for d in (out, quarantine) for p in d.iterdir()}
     assert first == second
-    assert sorted(p.name for p in (tmp_path / "examples").iterdir()) == [raw.name]
+    pieces = [name for name in first if name.startswith("part-")]
+    assert len(pieces) == 1  # the one bad record's quarantine piece
+    assert sorted(set(first) - set(pieces)) == [
+        "_SUCCESS", "eval-00000-of-00002.tfrecord", "eval-00001-of-00002.tfrecord", "manifest.json",
+        "quarantine.jsonl", "stats.json", "summary.json", "test-00000-of-00002.tfrecord",
+        "test-00001-of-00002.tfrecord", "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"]
+    assert sorted(p.name for p in (tmp_path / "examples").iterdir()) == ["_vocabulary", raw.name]
+    assert sorted(p.name for p in (tmp_path / "quarantine").iterdir()) == [raw.name]
 
 
 def test_partition_without_success_marker_is_refused(spark, tmp_path):
@@ -81,28 +94,57 @@ def test_partition_without_success_marker_is_refused(spark, tmp_path):
         run_prep(tmp_path, raw)
 
 
-def test_mismatch_between_files_and_labels_names_them(spark, tmp_path):
-    raw = make_partition(tmp_path / "raw", "2026-11-23", num_images=8)
-    (raw / "images" / "stray.png").write_bytes((raw / "images" / "img-00000.png").read_bytes()
-                                               if (raw / "images" / "img-00000.png").exists()
-                                               else (raw / "images" / "img-00000.jpg").read_bytes())
+def add_stray_and_missing(raw):
+    src = next(p for p in sorted((raw / "images").iterdir()))
+    (raw / "images" / "stray.png").write_bytes(src.read_bytes())
     rows = list(csv.reader(open(raw / "labels.csv")))
     rows.append(["images/missing.jpg", "circle"])
     with open(raw / "labels.csv", "w", newline="") as f:
         csv.writer(f).writerows(rows)
-    with pytest.raises(P.PrepError, match=r"1 labelled records have no file \(first: \['images/missing.jpg'\]\), "
-                                          r"1 files have no label in labels.csv \(first: \['images/stray.png'\]\)"):
+
+
+def test_mismatch_between_files_and_labels_goes_to_quarantine(spark, tmp_path):
+    raw = make_partition(tmp_path / "raw", "2026-11-23", num_images=20)
+    add_stray_and_missing(raw)
+    _, manifest = run_prep(tmp_path, raw, min_shards=1, max_bad_fraction=0.1)
+    assert manifest["num_records"] == 20 and manifest["bad_records"] == 2
+    index = [json.loads(line) for line in open(tmp_path / "quarantine" / raw.name / P.QUARANTINE_INDEX)]
+    assert [(r["id"], r["reason"]) for r in index] == [("images/missing.jpg", "missing_file"),
+                                                       ("images/stray.png", "unlabelled")]
+    assert index[0]["detail"] == "labels.csv:22 lists 'images/missing.jpg', which is not in the partition"
+
+
+def test_too_many_bad_records_fail_naming_them_and_the_counts(spark, tmp_path):
+    raw = make_partition(tmp_path / "raw", "2026-11-23", num_images=8)
+    add_stray_and_missing(raw)
+    with pytest.raises(P.PrepError, match=r"2 of 10 records are bad \(20.0% > max_bad_fraction 5.0%\): "
+                                          r"missing_file 1, unlabelled 1; first: images/missing.jpg \(missing_file: "
+                                          r".*\); images/stray.png \(unlabelled: not listed in labels.csv\)\. "
+                                          r"They are in file://.*/quarantine/ds=2026-11-23"):
         run_prep(tmp_path, raw)
-    assert not (tmp_path / "examples").exists() or not any((tmp_path / "examples").iterdir())
+    assert not (tmp_path / "examples" / raw.name).exists()
+    assert [p.name for p in (tmp_path / "examples").iterdir()] == []  # no staging left, no vocabulary saved
+    summary = json.loads((tmp_path / "quarantine" / raw.name / P.QUARANTINE_SUMMARY).read_text())
+    assert summary["reasons"] == {"missing_file": 1, "unlabelled": 1} and summary["records"] == 10
 
 
-def test_bad_labels_manifest_is_reported_with_line(tmp_path):
-    (tmp_path / "labels.csv").write_text("path,label\na.jpg,circle\na.jpg,square\n")
-    with pytest.raises(P.PrepError, match=r"labels.csv:3: 'a.jpg' is listed twice"):
-        P.read_labels(tmp_path, "labels.csv")
+def test_bad_labels_manifest_is_reported(tmp_path):
     (tmp_path / "labels.csv").write_text("file,class\n")
-    with pytest.raises(P.PrepError, match="header must name columns"):
-        P.read_labels(tmp_path, "labels.csv")
+    with pytest.raises(P.PrepError, match="header must name columns 'path' and 'label'"):
+        layouts.read_manifest(f"file://{tmp_path}", "labels.csv")
+    (tmp_path / "labels.csv").write_text("path,label\n")
+    with pytest.raises(P.PrepError, match="lists no records"):
+        layouts.read_manifest(f"file://{tmp_path}", "labels.csv")
+    with pytest.raises(P.PrepError, match="labels manifest .*/other.csv is missing"):
+        layouts.read_manifest(f"file://{tmp_path}", "other.csv")
+
+
+def test_a_path_listed_twice_is_quarantined_with_both_lines(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    (tmp_path / "labels.csv").write_text("path,label\na.jpg,circle\na.jpg,square\n")
+    listed = layouts.list_manifest(f"file://{tmp_path}", "labels.csv")
+    assert [(r.id, r.problem) for r in listed.records] == [
+        ("a.jpg", ("duplicate_id", "listed 2 times in labels.csv (labels.csv:2 'circle', labels.csv:3 'square')"))]
 
 
 def test_parse_args_validates_fractions():
@@ -110,3 +152,13 @@ def test_parse_args_validates_fractions():
         P.parse_args(["--raw", "file:///r", "--output", "file:///o", "--split-fractions", "0.5,0.5,0.5"])
     cfg = P.parse_args(["--raw", "file:///r", "--output", "file:///o", "--min-shards", "6"])
     assert cfg.min_shards == 6 and cfg.split_fractions == (0.7, 0.1, 0.2)
+    # Today's behaviour by default: images with a labels.csv manifest.
+    assert (cfg.layout, cfg.labels_file, cfg.new_label_policy, cfg.labels) == ("manifest", "labels.csv", "fail", ())
+    cfg = P.parse_args(["--raw", "file:///r", "--output", "file:///o", "--layout", "parquet", "--labels", "a, b",
+                        "--max-bad-fraction", "0.2", "--target-shard-mb", "0.5", "--new-label-policy", "append"])
+    assert (cfg.layout, cfg.labels, cfg.max_bad_fraction, cfg.target_shard_bytes, cfg.new_label_policy) == (
+        "parquet", ("a", "b"), 0.2, 2**19, "append")
+    for bad in (["--max-bad-fraction", "1.5"], ["--layout", "zip"], ["--min-image-side", "0"],
+                ["--new-label-policy", "ignore"]):
+        with pytest.raises(SystemExit):
+            P.parse_args(["--raw", "file:///r", "--output", "file:///o", *bad])

@@ -1,0 +1,248 @@
+"""What the Spark tasks of data prep do: read records, check them, write one shard and its quarantine piece.
+
+Runs in executors, so it imports neither TensorFlow nor PySpark. The driver (``tasks.prepare_examples``) plans
+every record's split and shard; a task receives the records of one shard, in id order, reads their bytes from the
+raw partition (``file://`` directly, ``hdfs://`` through WebHDFS) and writes:
+
+* the shard, ``<split>-NNNNN-of-NNNNN.tfrecord``, into the dataset's staging folder: the valid records as
+  ``tf.train.Example``, in id order;
+* when some of its records are bad, ``part-NNNNN.tfrecord`` into the quarantine's staging folder: one
+  ``tf.train.Example`` per bad record with its id, label, reason, detail, source and raw bytes.
+
+Both are functions of the records alone, so a retried or speculative attempt writes the same bytes, and each file
+appears complete or not at all (``storage.atomic_writer``).
+
+For the Parquet layout the bytes are inside Parquet row groups that hold records of every shard: one task per row
+group reads and checks them (``check_row_group``) and Spark shuffles the results to the shard writers
+(``write_checked``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections import Counter
+from typing import Iterable, Iterator
+
+from tasks import image_check, schema, storage, tfrecord
+
+QUARANTINE_REASON = "quarantine/reason"
+QUARANTINE_DETAIL = "quarantine/detail"
+QUARANTINE_SOURCE = "quarantine/source"
+
+
+@dataclasses.dataclass(frozen=True)
+class Planned:
+    """A record as the driver planned it."""
+
+    id: str
+    label: str
+    label_id: int
+    """Index in the vocabulary; -1 for a record already known to be bad."""
+    source: str
+    """See ``layouts.RawRecord.source``."""
+    size: int
+    problem: tuple[str, str] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardTask:
+    """One shard: the unit of work of a Spark task."""
+
+    index: int
+    """Task number, in split and shard order; names the quarantine piece."""
+    split: str
+    name: str
+    """The shard's file name."""
+    records: tuple[Planned, ...]
+    """Its records in id order (the files layouts); empty for Parquet, whose records come through a shuffle."""
+
+    @property
+    def bytes(self) -> int:
+        return sum(r.size for r in self.records)
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What every task needs besides its records."""
+
+    raw: str
+    staging: str
+    """Staging folder URL of the dataset."""
+    quarantine_staging: str
+    """Staging folder URL of the quarantine."""
+    bounds: image_check.Bounds
+    webhdfs: dict
+    """The driver's WebHDFS settings (``storage.webhdfs_settings``)."""
+    image_column: str = "image"
+
+
+def quarantine_piece(index: int) -> str:
+    return f"part-{index:05d}.tfrecord"
+
+
+def _bucket(n: int) -> int:
+    """Histogram bucket of a size: ``k`` holds values in ``[2**(k-1), 2**k)`` (0 holds 0)."""
+    return int(n).bit_length()
+
+
+class _Sizes:
+    """Count, min, max, sum and a power-of-two histogram of one measure."""
+
+    def __init__(self) -> None:
+        self.count, self.min, self.max, self.sum = 0, None, None, 0
+        self.hist: Counter = Counter()
+
+    def add(self, n: int) -> None:
+        self.count += 1
+        self.sum += n
+        self.min = n if self.min is None else min(self.min, n)
+        self.max = n if self.max is None else max(self.max, n)
+        self.hist[_bucket(n)] += 1
+
+    def to_dict(self) -> dict:
+        return {"count": self.count, "min": self.min, "max": self.max, "sum": self.sum, "hist": dict(self.hist)}
+
+
+class _ShardWriter:
+    """Writes one task's valid records to its shard and its bad records to its quarantine piece, and counts."""
+
+    def __init__(self, task: ShardTask, ctx: Context, shard, files: contextlib.ExitStack) -> None:
+        self.task, self.ctx, self._shard, self._files = task, ctx, shard, files
+        self.quarantine_url = storage.join(ctx.quarantine_staging, quarantine_piece(task.index))
+        self.labels: Counter = Counter()
+        self.formats: Counter = Counter()
+        self.width, self.height, self.nbytes = _Sizes(), _Sizes(), _Sizes()
+        self.bad: list[tuple[str, str, str, str, str, int]] = []  # id, label, reason, detail, source, size
+        self.records = 0
+        self._bad_file = None
+
+    def good(self, record_id: str, label: str, label_id: int, data: bytes, info: image_check.ImageInfo) -> None:
+        self._shard.write(tfrecord.frame(example_bytes(record_id, data, info.format, label_id, label)))
+        self.records += 1
+        self.labels[label] += 1
+        self.formats[info.format] += 1
+        self.width.add(info.width)
+        self.height.add(info.height)
+        self.nbytes.add(len(data))
+
+    def bad_record(self, record_id: str, label: str, reason: str, detail: str, source: str, data: bytes,
+                   size: int) -> None:
+        if self._bad_file is None:  # most shards have no bad record: no quarantine piece
+            self._bad_file = self._files.enter_context(storage.atomic_writer(self.quarantine_url))
+        self._bad_file.write(tfrecord.frame(tfrecord.encode_example({
+            schema.RECORD_ID: record_id,
+            schema.LABEL_TEXT: label,
+            QUARANTINE_REASON: reason,
+            QUARANTINE_DETAIL: detail,
+            QUARANTINE_SOURCE: source,
+            schema.IMAGE: data,
+        })))
+        self.bad.append((record_id, label, reason, detail, source, size))
+
+    def result(self, shard_bytes: int) -> dict:
+        return {
+            "index": self.task.index, "split": self.task.split, "name": self.task.name,
+            "records": self.records, "bytes": shard_bytes, "labels": dict(self.labels),
+            "formats": dict(self.formats), "width": self.width.to_dict(), "height": self.height.to_dict(),
+            "image_bytes": self.nbytes.to_dict(), "bad": self.bad,
+            "quarantine_file": quarantine_piece(self.task.index) if self.bad else None,
+        }
+
+
+def example_bytes(record_id: str, content: bytes, fmt: str, label_id: int, label: str) -> bytes:
+    """The serialised ``tf.train.Example`` of a valid record (the schema of ``tasks.schema``)."""
+    return tfrecord.encode_example({
+        schema.IMAGE: content,
+        schema.FORMAT: fmt,
+        schema.LABEL: label_id,
+        schema.LABEL_TEXT: label,
+        schema.RECORD_ID: record_id,
+    })
+
+
+def _write(task: ShardTask, ctx: Context, checked: Iterable[tuple]) -> dict:
+    """Writes checked records, ``("good", id, label, label_id, data, info)`` or ``("bad", id, label, reason,
+    detail, source, data, size)``, in the order given."""
+    started, cpu = time.perf_counter(), time.process_time()
+    with contextlib.ExitStack() as files:
+        f = files.enter_context(storage.atomic_writer(storage.join(ctx.staging, task.name)))
+        writer = _ShardWriter(task, ctx, f, files)
+        for item in checked:
+            if item[0] == "good":
+                writer.good(*item[1:])
+            else:
+                writer.bad_record(*item[1:])
+        shard_bytes = f.tell()
+    return {**writer.result(shard_bytes), "seconds": time.perf_counter() - started,
+            "cpu_seconds": time.process_time() - cpu}
+
+
+def _check(record: Planned, data: bytes, bounds: image_check.Bounds) -> tuple:
+    if record.problem is not None:
+        return ("bad", record.id, record.label, *record.problem, record.source, data, record.size)
+    try:
+        info = image_check.check_image(data, bounds)
+    except image_check.BadRecord as bad:
+        kept = b"" if bad.reason == "too_many_bytes" else data
+        return ("bad", record.id, record.label, bad.reason, bad.detail, record.source, kept, len(data))
+    return ("good", record.id, record.label, record.label_id, data, info)
+
+
+def _read_and_check(r: Planned, ctx: Context) -> tuple:
+    if not r.source:  # listed but absent: nothing to read or keep
+        return _check(r, b"", ctx.bounds)
+    if r.size > ctx.bounds.max_bytes:  # neither decoded nor copied to quarantine
+        problem = r.problem or ("too_many_bytes", f"{r.size} bytes > max_image_bytes {ctx.bounds.max_bytes}")
+        return ("bad", r.id, r.label, problem[0], problem[1] + "; bytes not copied", r.source, b"", r.size)
+    return _check(r, storage.read_child(ctx.raw, r.source), ctx.bounds)
+
+
+def write_files_shard(task: ShardTask, ctx: Context) -> dict:
+    """The task of the files layouts: reads, checks and writes the records of one shard; returns its counts."""
+    storage.use_webhdfs(ctx.webhdfs)
+    return _write(task, ctx, (_read_and_check(r, ctx) for r in task.records))
+
+
+def check_files(rows: list[tuple[int, Planned]], ctx: Context) -> Iterator[tuple]:
+    """Reads and checks records that are files (in a Parquet partition, the files that are not Parquet).
+
+    Yields:
+        ``(shard task index, checked record)``, as ``check_row_group`` does.
+    """
+    storage.use_webhdfs(ctx.webhdfs)
+    for task_index, record in rows:
+        yield task_index, _read_and_check(record, ctx)
+
+
+def check_row_group(file: str, group: int, rows: list[tuple[int, Planned]], ctx: Context) -> Iterator[tuple]:
+    """The first task of the Parquet layout: reads one row group's images and checks them.
+
+    Args:
+        file: the Parquet file, relative to the raw partition.
+        group: the row group.
+        rows: ``(shard task index, planned record)`` of each row, in row order.
+        ctx: the job's context.
+
+    Yields:
+        ``(shard task index, checked record)`` for the shuffle to the shard writers.
+    """
+    import pyarrow.parquet as pq
+
+    storage.use_webhdfs(ctx.webhdfs)
+    with storage.open_child(ctx.raw, file) as f:
+        images = pq.ParquetFile(f).read_row_group(group, columns=[ctx.image_column]).column(0).to_pylist()
+    if len(images) != len(rows):
+        raise RuntimeError(f"{file} row group {group}: {len(images)} rows now, {len(rows)} when listed; the raw "
+                           "partition changed while it was read")
+    for (task_index, record), data in zip(rows, images):
+        yield task_index, _check(record, data or b"", ctx.bounds)
+
+
+def write_checked(task: ShardTask, checked: Iterable[tuple], ctx: Context) -> dict:
+    """The second task of the Parquet layout: writes one shard from the checked records the shuffle brought, in
+    id order (then source, for duplicate ids)."""
+    storage.use_webhdfs(ctx.webhdfs)
+    items = sorted(checked, key=lambda item: (item[1], item[5] if item[0] == "bad" else ""))
+    return _write(task, ctx, items)
