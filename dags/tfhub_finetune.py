@@ -41,6 +41,18 @@ RUN_DIR = f"{ROOT}/runs/ds={DS}"
 PARAMS = {
     "partition": Param(None, type=["null", "string"], format="date",
                        description="Date partition to process, YYYY-MM-DD. Empty: the run's data interval start."),
+    "layout": Param("manifest", type="string", enum=["manifest", "folders", "parquet"],
+                    description="How the raw partition is laid out: images plus a labels manifest (labels.csv or "
+                                ".parquet), one folder per class, or Parquet rows with the image bytes."),
+    "max_bad_fraction": Param(0.05, type="number", minimum=0, maximum=1,
+                              description="Fail the prep when more than this fraction of records is bad (bad "
+                                          "records always go to quarantine/ds=.../ with their reason)."),
+    "new_label_policy": Param("fail", type="string", enum=["fail", "append", "quarantine"],
+                              description="A label not in the persisted vocabulary: fail the run, append it with a "
+                                          "new id, or quarantine its records."),
+    "target_shard_mb": Param(64, type="integer", minimum=1, maximum=4096,
+                             description="Target TFRecord shard size; there are always at least 2 shards per "
+                                         "worker."),
     "hub_module": Param("hub/shapes_fv_32", type="string", minLength=1,
                         description="TF Hub module: tfhub.dev/Kaggle URL or handle, absolute path, or a path "
                                     "under the storage root."),
@@ -96,7 +108,10 @@ def tfhub_finetune():
         task_id="prepare_examples",
         job="prepare_examples",
         conn_id=SPARK_CONN_ID,
-        job_args={"--raw": RAW, "--output": EXAMPLES, "--min-shards": "{{ params.num_workers * 2 }}"},
+        job_args={"--raw": RAW, "--output": EXAMPLES, "--min-shards": "{{ params.num_workers * 2 }}",
+                  "--layout": "{{ params.layout }}", "--max-bad-fraction": "{{ params.max_bad_fraction }}",
+                  "--new-label-policy": "{{ params.new_label_policy }}",
+                  "--target-shard-mb": "{{ params.target_shard_mb }}"},
         execution_timeout=dt.timedelta(hours=2),
     )
     finetune = TfHubFinetuneOperator(
