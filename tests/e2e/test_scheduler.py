@@ -111,10 +111,8 @@ def test_backfill_processes_each_date_and_reprocessing_one_touches_nothing_else(
     for ds in dates:
         make_partition(af, ds)
     af.patch(f"/dags/{DAG}", {"is_paused": False})
-    r = af.post("/backfills", {"dag_id": DAG, "from_date": "2026-11-05T00:00:00Z", "to_date": "2026-11-07T00:00:00Z",
-                               "dag_run_conf": QUICK, "max_active_runs": 2})
-    assert r.status_code == 200, r.text
-    backfill = r.json()
+    backfill = af.create_backfill({"dag_id": DAG, "from_date": "2026-11-05T00:00:00Z",
+                                   "to_date": "2026-11-07T00:00:00Z", "dag_run_conf": QUICK, "max_active_runs": 2})
     done = af.wait_for(lambda: af.get(f"/backfills/{backfill['id']}")["completed_at"], 1500, "backfill completed",
                        interval=5)
     assert done
@@ -132,10 +130,10 @@ def test_backfill_processes_each_date_and_reprocessing_one_touches_nothing_else(
 
     before = {ds: digests(ds) for ds in dates}
     served_before = (af.storage / "serving/shapes/20261106/saved_model.pb").stat().st_mtime_ns
-    r = af.post("/backfills", {"dag_id": DAG, "from_date": "2026-11-06T00:00:00Z", "to_date": "2026-11-06T00:00:00Z",
-                               "dag_run_conf": QUICK, "reprocess_behavior": "completed"})
-    assert r.status_code == 200, r.text
-    af.wait_for(lambda: af.get(f"/backfills/{r.json()['id']}")["completed_at"], 900, "reprocess completed",
+    again = af.create_backfill({"dag_id": DAG, "from_date": "2026-11-06T00:00:00Z",
+                                "to_date": "2026-11-06T00:00:00Z", "dag_run_conf": QUICK,
+                                "reprocess_behavior": "completed"})
+    af.wait_for(lambda: af.get(f"/backfills/{again['id']}")["completed_at"], 900, "reprocess completed",
                 interval=5)
     af.patch(f"/dags/{DAG}", {"is_paused": True})
     run = [x for x in af.runs(DAG) if x["run_type"] == "backfill" and x["logical_date"].startswith("2026-11-06")]

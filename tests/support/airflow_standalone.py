@@ -117,6 +117,20 @@ class AirflowStandalone:
     def patch(self, path: str, body: dict, **params: Any) -> requests.Response:
         return requests.patch(f"{self.api}{path}", json=body, params=params, timeout=60)
 
+    def create_backfill(self, body: dict, attempts: int = 12) -> dict:
+        """POST /backfills as the UI does, trying again while SQLite reports the database locked.
+
+        On SQLite the scheduler's writes can hold the database lock when the request comes; Airflow then answers
+        503 ("Backfill creation is not supported on SQLite under concurrent access") and a user clicks again.
+        """
+        for attempt in range(attempts):
+            r = self.post("/backfills", body)
+            if r.status_code != 503 or "locked" not in r.text:
+                break
+            time.sleep(2 + attempt)
+        assert r.status_code == 200, r.text
+        return r.json()
+
     def runs(self, dag_id: str) -> list[dict]:
         return self.get(f"/dags/{dag_id}/dagRuns", limit=100)["dag_runs"]
 
