@@ -64,6 +64,12 @@ PARAMS = {
                          description="TensorFlow workers, one Spark barrier task each."),
     "fine_tune": Param(True, type="boolean",
                        description="Also train the hub module's weights (otherwise only the classification head)."),
+    "module_lr_scale": Param(1.0, type="number", exclusiveMinimum=0, maximum=10,
+                             description="With fine_tune, the hub module's learning rate as a multiple of "
+                                         "learning_rate."),
+    "max_restarts": Param(2, type="integer", minimum=0, maximum=10,
+                          description="Relaunches of the training stage after a lost worker, each resuming from "
+                                      "the last checkpoint."),
     "min_accuracy": Param(0.9, type="number", minimum=0, maximum=1,
                           description="Least test accuracy for the model to be blessed and exported."),
     "min_class_recall": Param(0.0, type="number", minimum=0, maximum=1,
@@ -127,6 +133,10 @@ def tfhub_finetune():
         batch_size="{{ params.batch_size }}",
         learning_rate="{{ params.learning_rate }}",
         fine_tune="{{ params.fine_tune }}",
+        module_lr_scale="{{ params.module_lr_scale }}",
+        max_restarts="{{ params.max_restarts }}",
+        # Restarts happen inside the task (the barrier stage is relaunched from a checkpoint), so this bounds
+        # all attempts together.
         execution_timeout=dt.timedelta(hours=6),
     )
     evaluate = PipelineSparkSubmitOperator(

@@ -108,7 +108,9 @@ def test_finetune_command_line_on_yarn(monkeypatch, tmp_path):
     conf = {**pipeline["spark_conf"],
             "spark.executorEnv.TF_USE_LEGACY_KERAS": "1", "spark.yarn.appMasterEnv.TF_USE_LEGACY_KERAS": "1",
             "spark.dynamicAllocation.enabled": "false", "spark.barrier.sync.timeout": "900",
-            "spark.python.worker.reuse": "false"}
+            "spark.python.worker.reuse": "false",
+            "spark.scheduler.barrier.maxConcurrentTasksCheck.interval": "5s",
+            "spark.scheduler.barrier.maxConcurrentTasksCheck.maxFailures": "6"}
     assert cmd == [
         "spark-submit", "--master", "yarn",
         *conf_args(conf),
@@ -120,7 +122,8 @@ def test_finetune_command_line_on_yarn(monkeypatch, tmp_path):
         str(ROOT / "tasks" / "finetune.py"),
         "--examples", EXAMPLES, "--run-dir", RUN_DIR, "--storage-root", "hdfs://namenode:8020/tfhub",
         "--hub-module", "hub/shapes_fv_32", "--num-workers", "2", "--epochs", "15", "--batch-size", "32",
-        "--learning-rate", "0.002", "--fine-tune", "true",
+        "--learning-rate", "0.002", "--fine-tune", "true", "--module-lr-scale", "1.0", "--max-restarts", "2",
+        "--checkpoint-every-steps", "50", "--stall-timeout-s", "300", "--slots-wait-s", "30",
     ]
     c = confs(cmd)
     # A barrier stage needs all its tasks at once: fixed executors, every one registered before it starts.

@@ -55,11 +55,16 @@ def test_finetune_command_line_sets_barrier_conf(deployment, tmp_path):
     assert confs["spark.dynamicAllocation.enabled"] == "false"
     assert confs["spark.barrier.sync.timeout"] == "900"
     assert confs["spark.python.worker.reuse"] == "false"
+    # Spark's own barrier slot check would otherwise retry for 10 minutes (40 x 15 s).
+    assert confs["spark.scheduler.barrier.maxConcurrentTasksCheck.interval"] == "5s"
+    assert confs["spark.scheduler.barrier.maxConcurrentTasksCheck.maxFailures"] == "6"
     assert confs["spark.driver.memory"] == "4g"  # the operator's own conf wins over the deployment's
     app = cmd.index(str(ROOT / "tasks" / "finetune.py"))
     assert cmd[app + 1:] == ["--examples", "file:///e", "--run-dir", "file:///r", "--storage-root", "file:///data",
                              "--hub-module", "hub/m", "--num-workers", "2", "--epochs", "3", "--batch-size", "16",
-                             "--learning-rate", "0.01", "--fine-tune", "false"]
+                             "--learning-rate", "0.01", "--fine-tune", "false", "--module-lr-scale", "1.0",
+                             "--max-restarts", "2", "--checkpoint-every-steps", "50", "--stall-timeout-s", "300",
+                             "--slots-wait-s", "30"]
 
 
 def test_tasks_zip_ships_the_package_reproducibly(tmp_path):

@@ -39,7 +39,7 @@ def test_barrier_stage_trains_and_only_the_chief_writes(trained):
     run = root / "runs" / "ds=2026-11-20"
     assert (run / "model" / "saved_model.pb").exists()
     assert sorted(p.name for p in run.iterdir()) == ["finetune_config.json", "history.json", "model",
-                                                     "training_curves.png"]
+                                                     "tensorboard", "training_curves.png"]
     saved = json.loads((run / "history.json").read_text())
     assert saved["num_workers"] == 2 and len(saved["history"]) == 2
     assert {"loss", "accuracy", "examples_per_sec", "val_accuracy"} <= set(saved["history"][0])

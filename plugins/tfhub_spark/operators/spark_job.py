@@ -218,12 +218,18 @@ class TfHubFinetuneOperator(PipelineSparkSubmitOperator):
     :param batch_size: global batch size (templated).
     :param learning_rate: learning rate (templated).
     :param fine_tune: also train the hub module's weights (templated).
+    :param max_restarts: relaunches of a failed barrier stage, each resuming from the last checkpoint (templated).
+    :param checkpoint_every_steps: steps between two checkpoints (templated).
+    :param stall_timeout_s: seconds without progress from a worker before the stage is failed (templated).
+    :param slots_wait_s: seconds pre-flight waits for executors to register before failing on slots (templated).
+    :param module_lr_scale: with ``fine_tune``, the hub module's learning rate relative to the head's (templated).
     :param barrier_sync_timeout: seconds a worker waits for the others at a barrier before the stage fails.
     """
 
     template_fields: Sequence[str] = (
         *PipelineSparkSubmitOperator.template_fields, "examples", "run_dir", "storage_root", "hub_module",
-        "num_workers", "epochs", "batch_size", "learning_rate", "fine_tune",
+        "num_workers", "epochs", "batch_size", "learning_rate", "fine_tune", "max_restarts",
+        "checkpoint_every_steps", "stall_timeout_s", "slots_wait_s", "module_lr_scale",
     )
     ui_color = "#fff3e0"
     operator_extra_links = (SparkApplicationLink(), TensorBoardLink())
@@ -231,7 +237,9 @@ class TfHubFinetuneOperator(PipelineSparkSubmitOperator):
     def __init__(self, *, examples: str, run_dir: str, storage_root: str, hub_module: str,
                  num_workers: int | str = 2, epochs: int | str = 5, batch_size: int | str = 32,
                  learning_rate: float | str = 1e-3, fine_tune: bool | str = False,
-                 barrier_sync_timeout: int = 900, **kwargs: Any) -> None:
+                 max_restarts: int | str = 2, checkpoint_every_steps: int | str = 50,
+                 stall_timeout_s: int | str = 300, slots_wait_s: int | str = 30,
+                 module_lr_scale: float | str = 1.0, barrier_sync_timeout: int = 900, **kwargs: Any) -> None:
         super().__init__(job="finetune", **kwargs)
         self.examples = examples
         self.run_dir = run_dir
@@ -242,6 +250,11 @@ class TfHubFinetuneOperator(PipelineSparkSubmitOperator):
         self.batch_size = batch_size
         self.learning_rate = learning_rate
         self.fine_tune = fine_tune
+        self.max_restarts = max_restarts
+        self.checkpoint_every_steps = checkpoint_every_steps
+        self.stall_timeout_s = stall_timeout_s
+        self.slots_wait_s = slots_wait_s
+        self.module_lr_scale = module_lr_scale
         self.barrier_sync_timeout = barrier_sync_timeout
 
     def execute(self, context) -> None:
@@ -259,6 +272,9 @@ class TfHubFinetuneOperator(PipelineSparkSubmitOperator):
             "spark.barrier.sync.timeout": str(self.barrier_sync_timeout),
             # A TensorFlow worker must not inherit a previous task's TF runtime in a reused Python worker.
             "spark.python.worker.reuse": "false",
+            # Spark re-checks a barrier stage's slots 40 times every 15 s by default: 10 minutes before it gives up.
+            "spark.scheduler.barrier.maxConcurrentTasksCheck.interval": "5s",
+            "spark.scheduler.barrier.maxConcurrentTasksCheck.maxFailures": "6",
         }
 
     def build_application_args(self) -> list[str]:
@@ -272,6 +288,11 @@ class TfHubFinetuneOperator(PipelineSparkSubmitOperator):
             "--batch-size": self.batch_size,
             "--learning-rate": self.learning_rate,
             "--fine-tune": self.fine_tune,
+            "--module-lr-scale": self.module_lr_scale,
+            "--max-restarts": self.max_restarts,
+            "--checkpoint-every-steps": self.checkpoint_every_steps,
+            "--stall-timeout-s": self.stall_timeout_s,
+            "--slots-wait-s": self.slots_wait_s,
             **(self.job_args or {}),
         }
         return super().build_application_args()
