@@ -7,12 +7,31 @@ STAMP := $(VENV)/.installed
 ENV := . scripts/env.sh &&
 DEMO_DS ?= 2026-11-20
 DEMO_IMAGES ?= 600
+DEMO_DOCS ?= 600
+# `make demo TASK=text` runs the same DAG as text classification (task_type=text_classification).
+TASK ?= image
+ifeq ($(TASK),text)
+HUB_MODULE := hub/text_embed_64
+HUB_BUILDER := tasks.demo.make_text_module
+DEMO_DATA = python -m tasks.demo.make_text_dataset --raw-root "$$TFHUB_STORAGE_ROOT/topics/raw" --ds $(DEMO_DS) \
+	--num-docs $(DEMO_DOCS) --layout csv
+DEMO_ENV := DEMO_DATASET=topics DEMO_MODEL=topics \
+	DEMO_CONF='{"task_type": "text_classification", "layout": "csv", "dataset": "topics", "model_name": "topics"}'
+else ifeq ($(TASK),image)
 HUB_MODULE := hub/shapes_fv_32
+HUB_BUILDER := tasks.demo.make_hub_module
+DEMO_DATA = python -m tasks.demo.make_dataset --raw-root "$$TFHUB_STORAGE_ROOT/raw" --ds $(DEMO_DS) \
+	--num-images $(DEMO_IMAGES)
+DEMO_ENV :=
+else
+$(error TASK=$(TASK): use TASK=image (the default) or TASK=text)
+endif
 
 .PHONY: help setup system-deps venv airflow-setup hub-module demo-data demo test bench clean
 
 help:
 	@echo "make demo     set up what is missing, then run the whole DAG on the embedded default"
+	@echo "              (TASK=text: the same DAG as text classification)"
 	@echo "make test     run the test suite (unit, DAG, end to end)"
 	@echo "make bench    run the benchmarks"
 	@echo "make setup    only install: system packages, virtualenv, Airflow home"
@@ -38,14 +57,13 @@ setup: airflow-setup
 hub-module: venv
 	@$(ENV) root=$${TFHUB_STORAGE_ROOT#file://}; \
 	if [ -f "$$root/$(HUB_MODULE)/saved_model.pb" ]; then echo "hub module $$root/$(HUB_MODULE) exists"; \
-	else python -m tasks.demo.make_hub_module --output "$$TFHUB_STORAGE_ROOT/$(HUB_MODULE)"; fi
+	else python -m $(HUB_BUILDER) --output "$$TFHUB_STORAGE_ROOT/$(HUB_MODULE)"; fi
 
 demo-data: venv
-	@$(ENV) python -m tasks.demo.make_dataset --raw-root "$$TFHUB_STORAGE_ROOT/raw" --ds $(DEMO_DS) \
-		--num-images $(DEMO_IMAGES)
+	@$(ENV) $(DEMO_DATA)
 
 demo: airflow-setup hub-module demo-data
-	@$(ENV) bash scripts/run_demo.sh $(DEMO_DS)
+	@$(ENV) $(DEMO_ENV) bash scripts/run_demo.sh $(DEMO_DS)
 
 test: airflow-setup
 	@$(ENV) python -m pytest tests

@@ -31,19 +31,35 @@ WEBHDFS_CONN_ID = "webhdfs_tfhub"
 TRAINING_POOL = "tfhub_training"
 
 ROOT = "{{ var.json.tfhub_pipeline.storage_root }}"
-MODEL_NAME = "{{ var.json.tfhub_pipeline.model_name }}"
+# A run's data lives under the storage root, or under <root>/<dataset> when the run names a dataset.
+DATA = ROOT + "{{ '/' ~ params.dataset if params.dataset else '' }}"
+MODEL_NAME = "{{ params.model_name or var.json.tfhub_pipeline.model_name }}"
+# The demo hub module of each task type, under the storage root (made by `make hub-module`).
+DEFAULT_HUB_MODULES = {"image_classification": "hub/shapes_fv_32", "text_classification": "hub/text_embed_64"}
+HUB_MODULE = "{{ params.hub_module or default_hub_module(params.task_type) }}"
 DS = "{{ tfhub_partition(params.partition, data_interval_start) }}"
 VERSION = "{{ tfhub_version(tfhub_partition(params.partition, data_interval_start)) }}"
-RAW = f"{ROOT}/raw/ds={DS}"
-EXAMPLES = f"{ROOT}/examples/ds={DS}"
-RUN_DIR = f"{ROOT}/runs/ds={DS}"
+RAW = f"{DATA}/raw/ds={DS}"
+EXAMPLES = f"{DATA}/examples/ds={DS}"
+RUN_DIR = f"{DATA}/runs/ds={DS}"
 
 PARAMS = {
     "partition": Param(None, type=["null", "string"], format="date",
                        description="Date partition to process, YYYY-MM-DD. Empty: the run's data interval start."),
-    "layout": Param("manifest", type="string", enum=["manifest", "folders", "parquet"],
-                    description="How the raw partition is laid out: images plus a labels manifest (labels.csv or "
-                                ".parquet), one folder per class, or Parquet rows with the image bytes."),
+    "task_type": Param("image_classification", type="string",
+                       enum=["image_classification", "text_classification"],
+                       description="What the records are. Every stage is shared; the dataset records it, so "
+                                   "training, evaluation and export follow it."),
+    "dataset": Param(None, type=["null", "string"], pattern="^[A-Za-z0-9_.-]+$",
+                     description="Folder under the storage root holding this dataset's raw/, examples/, runs/ "
+                                 "and quarantine/. Empty: the storage root itself."),
+    "model_name": Param(None, type=["null", "string"], pattern="^[A-Za-z0-9_.-]+$",
+                        description="Name the model is published under (serving/<model_name>/<version>). Empty: "
+                                    "the tfhub_pipeline Variable's model_name."),
+    "layout": Param("manifest", type="string", enum=["manifest", "folders", "parquet", "csv"],
+                    description="How the raw partition is laid out: files plus a labels manifest (labels.csv or "
+                                ".parquet), one folder per class, Parquet rows with the image bytes or the text, "
+                                "or (text only) CSV files with text and label columns."),
     "max_bad_fraction": Param(0.05, type="number", minimum=0, maximum=1,
                               description="Fail the prep when more than this fraction of records is bad (bad "
                                           "records always go to quarantine/ds=.../ with their reason)."),
@@ -53,9 +69,10 @@ PARAMS = {
     "target_shard_mb": Param(64, type="integer", minimum=1, maximum=4096,
                              description="Target TFRecord shard size; there are always at least 2 shards per "
                                          "worker."),
-    "hub_module": Param("hub/shapes_fv_32", type="string", minLength=1,
+    "hub_module": Param(None, type=["null", "string"],
                         description="TF Hub module: tfhub.dev/Kaggle URL or handle, absolute path, or a path "
-                                    "under the storage root."),
+                                    "under the storage root. Empty: the demo module of the task type "
+                                    f"({', '.join(DEFAULT_HUB_MODULES.values())})."),
     "epochs": Param(15, type="integer", minimum=1, maximum=200, description="Training epochs."),
     "batch_size": Param(32, type="integer", minimum=2, maximum=4096,
                         description="Global batch size; a multiple of num_workers."),
@@ -88,7 +105,7 @@ PARAMS = {
     catchup=False,
     max_active_runs=2,
     params=PARAMS,
-    user_defined_macros=MACROS,
+    user_defined_macros={**MACROS, "default_hub_module": DEFAULT_HUB_MODULES.get},
     default_args={
         "retries": 2,
         "retry_delay": dt.timedelta(minutes=1),
@@ -115,7 +132,7 @@ def tfhub_finetune():
         job="prepare_examples",
         conn_id=SPARK_CONN_ID,
         job_args={"--raw": RAW, "--output": EXAMPLES, "--min-shards": "{{ params.num_workers * 2 }}",
-                  "--layout": "{{ params.layout }}", "--max-bad-fraction": "{{ params.max_bad_fraction }}",
+                  "--task-type": "{{ params.task_type }}", "--layout": "{{ params.layout }}", "--max-bad-fraction": "{{ params.max_bad_fraction }}",
                   "--new-label-policy": "{{ params.new_label_policy }}",
                   "--target-shard-mb": "{{ params.target_shard_mb }}"},
         execution_timeout=dt.timedelta(hours=2),
@@ -127,7 +144,7 @@ def tfhub_finetune():
         examples=EXAMPLES,
         run_dir=RUN_DIR,
         storage_root=ROOT,
-        hub_module="{{ params.hub_module }}",
+        hub_module=HUB_MODULE,
         num_workers="{{ params.num_workers }}",
         epochs="{{ params.epochs }}",
         batch_size="{{ params.batch_size }}",

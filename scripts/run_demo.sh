@@ -3,19 +3,23 @@
 # the results are. Called by `make demo` after setup, hub module and demo data are in place.
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+# Optional: DEMO_CONF (the run's params as JSON), DEMO_DATASET and DEMO_MODEL (where the summary looks).
 ds="${1:?usage: run_demo.sh YYYY-MM-DD}"
+conf="${DEMO_CONF:-{\}}"
+dataset="${DEMO_DATASET:-}"
+model="${DEMO_MODEL:-shapes}"
 log_dir="$PROJECT_ROOT/var/demo-logs"
 mkdir -p "$log_dir"
-log="$log_dir/tfhub_finetune-$ds.log"
+log="$log_dir/tfhub_finetune-${dataset:+$dataset-}$ds.log"
 start=$(date +%s)
 # A run's partition is the start of its data interval; the daily run whose interval is [ds, ds+1) is the one
 # that runs after ds+1 00:00, so that is the run date given to `dags test`.
 run_date=$(date -u -d "$ds + 1 day" +%F)
-echo "running DAG tfhub_finetune (run date $run_date) for partition $ds; full log: $log"
-if ! airflow dags test tfhub_finetune "$run_date" >"$log" 2>&1; then
+echo "running DAG tfhub_finetune (run date $run_date) for partition $ds, params $conf; full log: $log"
+if ! airflow dags test tfhub_finetune "$run_date" -c "$conf" >"$log" 2>&1; then
   tail -n 60 "$log"
   echo "DAG run FAILED; full log: $log"
   exit 1
 fi
-python -m tasks.demo.summary --storage-root "$TFHUB_STORAGE_ROOT" --ds "$ds" --model-name shapes --log "$log" \
+python -m tasks.demo.summary --storage-root "$TFHUB_STORAGE_ROOT" --ds "$ds" --model-name "$model" --dataset "$dataset" --log "$log" \
   --airflow-logs "$AIRFLOW_HOME/logs" --seconds $(( $(date +%s) - start ))

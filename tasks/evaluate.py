@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks import plots, runtime, schema, storage
+from tasks import modality, plots, runtime, schema, storage
 
 log = logging.getLogger("evaluate")
 
@@ -113,10 +113,11 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, labels: list[s
     }
 
 
-def predict_split(model, files: list[str], image_size, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def predict_split(model, files: list[str], image_size, batch_size: int,
+                  task_type: str = modality.IMAGE_CLASSIFICATION) -> tuple[np.ndarray, np.ndarray]:
     from tasks import model as M
 
-    ds = M.make_dataset(files, image_size, batch_size, training=False)
+    ds = M.make_dataset(files, image_size, batch_size, training=False, task_type=task_type)
     ys, ps = [], []
     for x, y in ds:
         ps.append(model(x, training=False).numpy())
@@ -131,14 +132,20 @@ def published_versions(serving_root: str, model_name: str) -> list[int]:
                   if name.isdigit() and storage.exists(storage.join(folder, name, "saved_model.pb")))
 
 
-def score_served_model(version_dir: Path, images: list[bytes], labels: list[str], batch_size: int) -> dict:
-    """Accuracy of a published SavedModel on image bytes, through its serving signature, by class name."""
+def score_served_model(version_dir: Path, images: list[bytes], labels: list[str], batch_size: int,
+                       serving_input: str = modality.IMAGE.serving_input) -> dict:
+    """Accuracy of a published SavedModel on inputs as stored (image bytes, or texts), through its serving
+    signature, by class name."""
     from tasks import model as M
 
     serve = M.tf.saved_model.load(str(version_dir)).signatures["serving_default"]
+    takes = sorted(serve.structured_input_signature[1])
+    if serving_input not in takes:
+        raise RuntimeError(f"the published model {version_dir} takes {takes}, not {serving_input!r}: it is a model "
+                           "of another task type. Publish this one under another model_name")
     predicted = []
     for i in range(0, len(images), batch_size):
-        out = serve(image_bytes=M.tf.constant(images[i:i + batch_size]))
+        out = serve(**{serving_input: M.tf.constant(images[i:i + batch_size])})
         predicted += [n.decode() for n in out["class_names"].numpy()]
     correct = sum(p == t for p, t in zip(predicted, labels))
     return {"accuracy": correct / len(labels) if labels else 0.0, "num_examples": len(labels)}
@@ -190,7 +197,9 @@ def write_report(path: Path, cfg: Config, manifest: dict, history: dict, finetun
     for key in ("hub_module", "num_workers", "epochs", "batch_size", "learning_rate", "fine_tune"):
         if key in finetune_cfg:
             lines.append(f"| {key} | `{finetune_cfg[key]}` |")
-    lines += [f"| image size | {history['image_size'][0]}x{history['image_size'][1]} |",
+    size = history.get("image_size")
+    lines += [f"| task type | {history.get('task_type', modality.IMAGE_CLASSIFICATION)} |",
+              f"| input | {f'{size[0]}x{size[1]} images' if size else 'text'} |",
               f"| training time | {history['train_seconds']:.1f} s |", ""]
     lines += ["## Data", "", f"Source `{manifest['source']}`, {manifest['num_records']} records.", "",
               "| label | " + " | ".join(schema.SPLITS) + " |", "| --- |" + " --- |" * len(schema.SPLITS)]
@@ -237,8 +246,9 @@ def _run(cfg: Config, scratch: Path) -> dict:
         raise RuntimeError(f"split {cfg.split!r} of {cfg.examples} has no records to evaluate on")
     examples = storage.fetch_files(cfg.examples, names, scratch / "examples")
     model = M.load_trained(str(storage.fetch(storage.join(cfg.run_dir, "model"), scratch / "run")))
-    y, probs = predict_split(model, [str(examples / name) for name in names], tuple(history["image_size"]),
-                             cfg.batch_size)
+    kind = modality.of_manifest(manifest)
+    size = tuple(history["image_size"]) if history.get("image_size") else None
+    y, probs = predict_split(model, [str(examples / name) for name in names], size, cfg.batch_size, kind.task_type)
     if len(y) != manifest["counts"][cfg.split]:
         raise RuntimeError(f"read {len(y)} {cfg.split} records but the manifest counts {manifest['counts'][cfg.split]}")
     metrics = classification_metrics(y, probs, manifest["labels"])
@@ -259,7 +269,8 @@ def _run(cfg: Config, scratch: Path) -> dict:
         version_url = storage.join(cfg.serving_root, cfg.model_name, str(versions[-1]))
         version_dir = storage.fetch(version_url, scratch / "baseline")
         images, label_ids = M.read_split(str(examples), manifest, cfg.split)
-        scored = score_served_model(version_dir, images, [manifest["labels"][i] for i in label_ids], cfg.batch_size)
+        scored = score_served_model(version_dir, images, [manifest["labels"][i] for i in label_ids], cfg.batch_size,
+                                    kind.serving_input)
         baseline = {"version": versions[-1], "path": str(version_dir) if storage.scheme(version_url) == "file"
                     else version_url, **scored}
         log.info("baseline: published version %d re-scored on the same %d examples: accuracy %.4f", versions[-1],

@@ -1,14 +1,16 @@
 """spark-submit application: exports the fine-tuned model for TF Serving and publishes it atomically.
 
-The exported SavedModel takes encoded image bytes, so clients send JPEG/PNG files as they are: decoding and
-resizing run inside the graph, and the label vocabulary travels as an asset (``labels.txt``).
+The exported SavedModel takes inputs as they are: an image model takes encoded image bytes, so clients send
+JPEG/PNG files as they are (decoding and resizing run inside the graph); a text model takes UTF-8 strings (the hub
+module tokenizes inside the graph). The label vocabulary travels as an asset (``labels.txt``).
 
 Signatures, for both of TF Serving's APIs:
 
-* ``serving_default`` (Predict): ``image_bytes`` (string[N]) -> ``probabilities`` (float[N, C]), ``class_ids``
+* ``serving_default`` (Predict): ``image_bytes`` or ``text`` (string[N]) -> ``probabilities`` (float[N, C]), ``class_ids``
   (int64[N]), ``class_names`` (string[N]), ``labels`` (string[N, C], the class of each probability column);
 * ``classify`` (Classify, method ``tensorflow/serving/classify``): ``inputs`` (serialized ``tf.train.Example``
-  with the image bytes under ``image/encoded``) -> ``classes`` (string[N, C]) and ``scores`` (float[N, C]).
+  with the image bytes under ``image/encoded``, or the text under ``text``) -> ``classes`` (string[N, C]) and
+  ``scores`` (float[N, C]).
 
 Warm-up requests (``PredictionLog`` records, Predict and Classify) are in ``assets.extra/tf_serving_warmup_requests``.
 
@@ -42,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 import tasks
-from tasks import runtime, schema, storage, tfrecord
+from tasks import modality, runtime, schema, storage, tfrecord
 
 log = logging.getLogger("export_model")
 
@@ -82,11 +84,14 @@ def parse_args(argv: list[str]) -> Config:
                   version=a.version)
 
 
-def build_serving_module(keras_model, labels_file: str, image_size: tuple[int, int]):
-    """A ``tf.Module`` whose ``serve`` signature decodes image bytes and classifies them."""
+def build_serving_module(keras_model, labels_file: str, image_size: tuple[int, int] | None,
+                         task_type: str = modality.IMAGE_CLASSIFICATION):
+    """A ``tf.Module`` whose ``serve`` signature takes inputs as stored (encoded image bytes, which it decodes and
+    resizes, or texts) and classifies them; ``classify`` takes them in serialized ``tf.train.Example``."""
     from tasks import model as M
 
     tf = M.tf
+    kind = modality.of(task_type)
 
     class ServingModule(tf.Module):
         def __init__(self):
@@ -98,11 +103,9 @@ def build_serving_module(keras_model, labels_file: str, image_size: tuple[int, i
                                               tf.string, tf.lookup.TextFileIndex.WHOLE_LINE), default_value="")
             self.num_classes = int(keras_model.output_shape[-1])
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
-        def serve(self, image_bytes):
-            images = tf.map_fn(lambda b: M.decode_image(b, image_size), image_bytes,
-                               fn_output_signature=tf.TensorSpec((image_size[0], image_size[1], 3), tf.float32))
-            probs = self.model(images, training=False)
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=kind.serving_input)])
+        def serve(self, inputs):
+            probs = self.model(M.preprocess_batch(inputs, image_size, task_type), training=False)
             class_ids = tf.argmax(probs, axis=1)
             all_names = self.labels_table.lookup(tf.range(self.num_classes, dtype=tf.int64))
             return {
@@ -114,8 +117,8 @@ def build_serving_module(keras_model, labels_file: str, image_size: tuple[int, i
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
         def classify(self, serialized):
-            parsed = tf.io.parse_example(serialized, {schema.IMAGE: tf.io.FixedLenFeature([], tf.string)})
-            out = self.serve(parsed[schema.IMAGE])
+            parsed = tf.io.parse_example(serialized, {kind.feature: tf.io.FixedLenFeature([], tf.string)})
+            out = self.serve(parsed[kind.feature])
             return {"classes": out["labels"], "scores": out["probabilities"]}
 
     return ServingModule()
@@ -134,8 +137,8 @@ def set_method_name(export_dir: Path, signature: str, method_name: str) -> None:
     pb.write_bytes(sm.SerializeToString())
 
 
-def write_warmup(path: Path, model_name: str, images: list[bytes]) -> int:
-    """TF Serving warm-up requests: one Predict request per image, one batched, one Classify. Returns the count."""
+def write_warmup(path: Path, model_name: str, images: list[bytes], kind: modality.Modality = modality.IMAGE) -> int:
+    """TF Serving warm-up requests: one Predict request per input, one batched, one Classify. Returns the count."""
     from tensorflow_serving.apis import (classification_pb2, input_pb2, model_pb2, predict_pb2,
                                          prediction_log_pb2)
 
@@ -146,10 +149,10 @@ def write_warmup(path: Path, model_name: str, images: list[bytes]) -> int:
     for batch in [[img] for img in images] + [images]:
         req = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=model_name,
                                                                         signature_name="serving_default"))
-        req.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto(batch, dtype=tf.string))
+        req.inputs[kind.serving_input].CopyFrom(tf.make_tensor_proto(batch, dtype=tf.string))
         logs.append(prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=req)))
     examples = [tf.train.Example(features=tf.train.Features(feature={
-        schema.IMAGE: tf.train.Feature(bytes_list=tf.train.BytesList(value=[img]))})) for img in images]
+        kind.feature: tf.train.Feature(bytes_list=tf.train.BytesList(value=[img]))})) for img in images]
     creq = classification_pb2.ClassificationRequest(
         model_spec=model_pb2.ModelSpec(name=model_name, signature_name="classify"),
         input=input_pb2.Input(example_list=input_pb2.ExampleList(examples=examples)))
@@ -201,7 +204,9 @@ def _run(cfg: Config, scratch: Path) -> str:
     t0 = time.time()
     history = json.loads(storage.read_text(storage.join(cfg.run_dir, "history.json")))
     manifest = json.loads(storage.read_text(storage.join(cfg.examples, schema.MANIFEST)))
-    labels, image_size = history["labels"], tuple(history["image_size"])
+    kind = modality.of_manifest(manifest)
+    labels = history["labels"]
+    image_size = tuple(history["image_size"]) if history.get("image_size") else None
     keras_model = M.load_trained(str(storage.fetch(storage.join(cfg.run_dir, "model"), scratch / "run")))
     # Warm-up images: test records, or training ones when there are none; on hdfs:// only the files they are in
     # are downloaded, one at a time.
@@ -211,9 +216,11 @@ def _run(cfg: Config, scratch: Path) -> str:
         if len(images) >= cfg.warmup_records or (images and split == "train"):
             break
         local = storage.fetch_files(cfg.examples, [f["name"]], scratch / split)
-        more, _ = M.read_split(str(local), {"files": {split: [f]}}, split, limit=cfg.warmup_records - len(images))
+        more, _ = M.read_split(str(local), {"files": {split: [f]}, "task_type": kind.task_type}, split,
+                               limit=cfg.warmup_records - len(images))
         images += more
-    expected = keras_model(tf.stack([M.decode_image(b, image_size) for b in images]), training=False).numpy()
+    expected = keras_model(M.preprocess_batch(tf.constant(images), image_size, kind.task_type),
+                           training=False).numpy()
 
     version_url = storage.join(cfg.serving_root, cfg.model_name, str(cfg.version))
     storage.clean_stale(version_url)
@@ -224,21 +231,23 @@ def _run(cfg: Config, scratch: Path) -> str:
         assets.mkdir()
         labels_file = assets / "labels.txt"
         labels_file.write_text("".join(name + "\n" for name in labels))
-        module = build_serving_module(keras_model, str(labels_file), image_size)
+        module = build_serving_module(keras_model, str(labels_file), image_size, kind.task_type)
         tf.saved_model.save(module, str(staging),
                             signatures={"serving_default": module.serve, "classify": module.classify})
         set_method_name(staging, "classify", CLASSIFY_METHOD)
-        n_warmup = write_warmup(staging / WARMUP_FILE, cfg.model_name, images)
+        n_warmup = write_warmup(staging / WARMUP_FILE, cfg.model_name, images, kind)
 
         # Check the export against the model it came from before anyone can load it.
-        out = tf.saved_model.load(str(staging)).signatures["serving_default"](image_bytes=tf.constant(images))
+        out = tf.saved_model.load(str(staging)).signatures["serving_default"](
+            **{kind.serving_input: tf.constant(images)})
         diff = float(np.abs(out["probabilities"].numpy() - expected).max())
         if diff > 1e-4:
             raise RuntimeError(f"exported model disagrees with the trained model by {diff:.2e} on test records")
         if [n.decode() for n in out["class_names"].numpy()] != [labels[i] for i in expected.argmax(axis=1)]:
             raise RuntimeError("exported class names do not match the label vocabulary")
         provenance = {"run_dir": cfg.run_dir, "examples": cfg.examples, "partition": manifest["partition"],
-                      "hub_module": history["hub_module"], "labels": labels, "version": cfg.version}
+                      "hub_module": history["hub_module"], "labels": labels, "version": cfg.version,
+                      "task_type": kind.task_type}
         metrics_url = storage.join(cfg.run_dir, "metrics.json")
         if storage.exists(metrics_url):
             m = json.loads(storage.read_text(metrics_url))

@@ -62,7 +62,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tasks import hub_module, logrelay, runtime, schema, storage
+from tasks import hub_module, logrelay, modality, runtime, schema, storage
 
 log = logging.getLogger("finetune")
 
@@ -340,7 +340,10 @@ class WorkerSpec:
     manifest: dict
     module_url: str
     """Where the hub module is (``hub_module.locate``)."""
-    image_size: tuple[int, int]
+    image_size: tuple[int, int] | None
+    """The module's input size; None for text."""
+    task_type: str
+    """From the dataset's manifest (``tasks.modality``)."""
     relay: tuple[str, int]
     """The driver's log relay."""
     token: str
@@ -498,7 +501,7 @@ def train_worker(spec: WorkerSpec, rank: int, cpus: int, host: str, all_gather, 
     def train_fn(ctx):
         # One pipeline per worker over its own files; per-replica batch size from the input context.
         return M.make_dataset(train_files, spec.image_size, ctx.get_per_replica_batch_size(cfg.batch_size),
-                              training=True, seed=cfg.seed + rank, threads=cpus)
+                              training=True, seed=cfg.seed + rank, threads=cpus, task_type=spec.task_type)
 
     # Each worker validates a share of the eval records (every n-th record), not all of them; repeated, so every
     # worker runs the same eval_steps whatever its share. Too few records to share: every worker reads them all.
@@ -506,7 +509,7 @@ def train_worker(spec: WorkerSpec, rank: int, cpus: int, host: str, all_gather, 
 
     def eval_fn(ctx):
         ds = M.make_dataset(eval_files, spec.image_size, ctx.get_per_replica_batch_size(cfg.batch_size),
-                            training=False, threads=cpus, shard=eval_shard)
+                            training=False, threads=cpus, shard=eval_shard, task_type=spec.task_type)
         return ds.repeat()
 
     options = tf.distribute.InputOptions(experimental_fetch_to_device=False)
@@ -516,7 +519,8 @@ def train_worker(spec: WorkerSpec, rank: int, cpus: int, host: str, all_gather, 
 
     with strategy.scope():
         model = M.build_model(module_dir, M.ModelConfig(num_classes=len(manifest["labels"]),
-                                                         image_size=spec.image_size, fine_tune=cfg.fine_tune))
+                                                         image_size=spec.image_size, fine_tune=cfg.fine_tune,
+                                                         task_type=spec.task_type))
         trained = M.compile_for_training(model, cfg.learning_rate, cfg.module_lr_scale, cfg.fine_tune)
     relay.beat("model_built")
 
@@ -716,11 +720,14 @@ def run(cfg: Config, spark=None) -> dict:
     manifest = load_manifest(cfg.examples)
     check_training_data(cfg.examples, manifest)
     assign_files(manifest["files"]["train"], cfg.num_workers)  # fail before launching if it cannot work
+    kind = modality.of_manifest(manifest)
     module_url = hub_module.locate(cfg.hub_module, cfg.storage_root)
-    image_size = hub_module.module_image_size(module_url, cfg.image_size or None)
-    log.info("hub module %s -> %s, input %dx%d; %d train / %d eval records, %d labels", cfg.hub_module, module_url,
-             image_size[0], image_size[1], manifest["counts"]["train"], manifest["counts"]["eval"],
-             len(manifest["labels"]))
+    hub_module.check_kind(module_url, kind.module_kind, kind.task_type)
+    image_size = (hub_module.module_image_size(module_url, cfg.image_size or None)
+                  if kind is modality.IMAGE else None)
+    log.info("%s: hub module %s -> %s, input %s; %d train / %d eval records, %d labels", kind.task_type,
+             cfg.hub_module, module_url, f"{image_size[0]}x{image_size[1]}" if image_size else "strings",
+             manifest["counts"]["train"], manifest["counts"]["eval"], len(manifest["labels"]))
 
     spark = spark or create_session(f"finetune {manifest['partition']}")
     sc = spark.sparkContext
@@ -744,7 +751,7 @@ def run(cfg: Config, spark=None) -> dict:
 
     def spec_for(attempt: int) -> WorkerSpec:
         return WorkerSpec(cfg=cfg, manifest=manifest, module_url=module_url, image_size=image_size,
-                          relay=relay.address, token=relay.token, attempt=attempt,
+                          task_type=kind.task_type, relay=relay.address, token=relay.token, attempt=attempt,
                           webhdfs=storage.webhdfs_settings())
 
     timeline["stage_launched"] = time.time()
@@ -759,7 +766,8 @@ def run(cfg: Config, spark=None) -> dict:
     storage.remove(storage.join(cfg.run_dir, "checkpoints"))
     history = {"history": chief["history"], "steps_per_epoch": chief["steps_per_epoch"],
                "num_workers": cfg.num_workers, "train_seconds": chief["train_seconds"],
-               "image_size": list(image_size), "labels": manifest["labels"], "hub_module": cfg.hub_module,
+               "task_type": kind.task_type, "image_size": list(image_size) if image_size else None,
+               "labels": manifest["labels"], "hub_module": cfg.hub_module,
                "hub_module_url": module_url, "worker_files": {r["rank"]: r["files"] for r in results},
                "restarts": len(attempts) - 1, "attempts": attempts, "resumed_from": chief["resumed_from"],
                "timeline": timeline}

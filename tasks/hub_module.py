@@ -128,6 +128,26 @@ def locate(hub_module: str, storage_root: str) -> str:
     return shared
 
 
+def module_info(module_url: str) -> dict | None:
+    """The ``module_info.json`` of a module given by ``locate``, or None (modules not built by this project)."""
+    info = storage.join(module_url, INFO_PATH)
+    return json.loads(storage.read_text(info)) if storage.exists(info) else None
+
+
+def check_kind(module_url: str, wanted: str, task_type: str) -> None:
+    """Fails when the module says it is another kind (e.g. an image module for text classification); a module
+    that does not say is taken as it is, and a wrong one fails when the model is built.
+
+    Raises:
+        HubModuleError: naming the module, its kind and the task type.
+    """
+    info = module_info(module_url)
+    kind = (info or {}).get("kind")
+    if kind is not None and kind != wanted:
+        raise HubModuleError(f"hub module {module_url} is of kind {kind!r}, but the dataset is for {task_type}, "
+                             f"which fine-tunes a module of kind {wanted!r}: set hub_module to one")
+
+
 def module_image_size(module_url: str, override: int | None = None) -> tuple[int, int]:
     """``image_size`` of a module given by ``locate``: reads only ``module_info.json`` when the module has one."""
     if storage.scheme(module_url) == "file":

@@ -34,6 +34,9 @@ REASONS = {
     "duplicate_id": "the same record id more than once",
     "missing_id": "a manifest row or Parquet row without a record id",
     "unexpected_file": "a file that is not part of the layout (in a Parquet partition, a file that is not .parquet)",
+    "undecodable_text": "text that is not UTF-8, or binary data",
+    "empty_text": "text that is blank, or shorter than min_text_chars",
+    "text_too_long": "text longer than max_text_chars",
 }
 """Reason codes of bad records, and what each means."""
 

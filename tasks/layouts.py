@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
 import posixpath
 from collections import defaultdict
@@ -21,7 +22,8 @@ LAYOUTS = {
                 "name's extension), with a path and a label column; paths are relative to the partition",
     "folders": "one folder per class with the images inside, the layout tf.keras.utils.image_dataset_from_directory "
                "reads; the label is the folder's name",
-    "parquet": "Parquet files whose rows hold the record id, the label and the encoded image bytes",
+    "parquet": "Parquet files whose rows hold the record id, the label and the input (encoded image bytes, or text)",
+    "csv": "CSV files with a header whose rows hold the label and the text, and optionally a record id (text only)",
 }
 """The input layouts, chosen with ``--layout``. In every layout, names starting with ``_`` or ``.`` (``_SUCCESS``,
 work folders) are not data, as in Hadoop's input formats."""
@@ -36,7 +38,8 @@ class RawRecord:
     """One record as listed, before its bytes are read."""
 
     id: str
-    """Stable id: the path relative to the partition, or the Parquet id column's value."""
+    """Stable id: the path relative to the partition, the table's id column's value, or for a table without one
+    ``sha256:<digest of the text>``."""
     label: str
     """Label as given ('' when there is none)."""
     source: str
@@ -76,7 +79,7 @@ def _check_table_columns(where: str, schema, wanted: dict[str, str]) -> None:
     for column, kind in wanted.items():
         if column not in schema.names:
             raise PrepError(f"{where} has no column {column!r} (columns: {', '.join(schema.names)}); "
-                            "set --id-column, --label-column or --image-column")
+                            "set --id-column, --label-column, --image-column or --text-column")
         if not any(test(schema.field(column).type) for test in kinds[kind]):
             raise PrepError(f"{where}: column {column!r} is {schema.field(column).type}, expected {kind}")
 
@@ -167,9 +170,36 @@ def list_folders(raw: str) -> RawPartition:
     return RawPartition("folders", records)
 
 
-def list_parquet(raw: str, id_column: str = "path", label_column: str = "label",
-                 image_column: str = "image") -> RawPartition:
-    """Parquet files of ``(id, label, image bytes)`` rows; only the id and label columns are read here."""
+def content_id(value: bytes | str) -> str:
+    """The id of a table row that has no id column: a digest of its input, so the same text always gets the same
+    split, and a repeated text is a duplicate."""
+    data = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
+    return "sha256:" + hashlib.sha256(data).hexdigest()[:32]
+
+
+def _mark_duplicates(records: list[RawRecord]) -> None:
+    counts: dict[str, int] = defaultdict(int)
+    for r in records:
+        if r.problem is None:
+            counts[r.id] += 1
+    for r in records:
+        if r.problem is None and counts[r.id] > 1:
+            what = "text" if r.id.startswith("sha256:") else f"id {r.id!r}"
+            r.problem = ("duplicate_id", f"{what} is on {counts[r.id]} rows; this one is {r.source}")
+
+
+def _table_record(source: str, record_id: str | None, label: str | None, size: int,
+                  id_column: str | None) -> RawRecord:
+    label = (label or "").strip()
+    if record_id is None or not record_id.strip():
+        return RawRecord(source, label, source, size, ("missing_id", f"{source}: empty {id_column!r}"))
+    return RawRecord(record_id, label, source, size)
+
+
+def list_parquet(raw: str, id_column: str = "path", label_column: str = "label", image_column: str = "image",
+                 column_type: str = "binary", ids_optional: bool = False) -> RawPartition:
+    """Parquet files of ``(id, label, input)`` rows; only the id and label columns are read here, unless the
+    table has no id column and ``ids_optional`` allows that (the ids are then digests of the inputs)."""
     records: list[RawRecord] = []
     groups: list[ParquetGroup] = []
     for rel, size in storage.walk(raw):
@@ -180,43 +210,99 @@ def list_parquet(raw: str, id_column: str = "path", label_column: str = "label",
         pf, f = _parquet_file(raw, rel)
         with f:
             where = storage.join(raw, rel)
-            _check_table_columns(where, pf.schema_arrow, {id_column: "string", label_column: "string",
-                                                          image_column: "binary"})
+            hashed = ids_optional and id_column not in pf.schema_arrow.names
+            wanted = {label_column: "string", image_column: column_type}
+            if not hashed:
+                wanted[id_column] = "string"
+            _check_table_columns(where, pf.schema_arrow, wanted)
             row = 0
             for g in range(pf.num_row_groups):
                 meta = pf.metadata.row_group(g)
-                image_bytes = sum(meta.column(j).total_uncompressed_size for j in range(meta.num_columns)
+                input_bytes = sum(meta.column(j).total_uncompressed_size for j in range(meta.num_columns)
                                   if meta.column(j).path_in_schema == image_column)
-                table = pf.read_row_group(g, columns=[id_column, label_column])
-                ids, labels = table.column(id_column).to_pylist(), table.column(label_column).to_pylist()
+                if hashed:
+                    table = pf.read_row_group(g, columns=[image_column, label_column])
+                    ids = [None if v is None else content_id(v) for v in table.column(image_column).to_pylist()]
+                else:
+                    table = pf.read_row_group(g, columns=[id_column, label_column])
+                    ids = table.column(id_column).to_pylist()
+                labels = table.column(label_column).to_pylist()
                 groups.append(ParquetGroup(rel, g, len(records), len(ids)))
-                each = image_bytes // max(1, len(ids))
+                each = input_bytes // max(1, len(ids))
                 for record_id, label in zip(ids, labels):
-                    source = f"{rel}#{row}"
-                    label = (label or "").strip()
-                    if record_id is None or not record_id.strip():
-                        records.append(RawRecord(source, label, source, each,
-                                                 ("missing_id", f"{source}: empty {id_column!r}")))
-                    else:
-                        records.append(RawRecord(record_id, label, source, each))
+                    records.append(_table_record(f"{rel}#{row}", record_id, label, each,
+                                                 image_column if hashed else id_column))
                     row += 1
-    counts: dict[str, int] = defaultdict(int)
-    for r in records:
-        if r.problem is None:
-            counts[r.id] += 1
-    for r in records:
-        if r.problem is None and counts[r.id] > 1:
-            r.problem = ("duplicate_id", f"id {r.id!r} is on {counts[r.id]} rows; this one is {r.source}")
+    _mark_duplicates(records)
     return RawPartition("parquet", records, groups)
 
 
+def _csv_rows(raw: str, rel: str) -> tuple[str, list[str], list[tuple[str, dict]]]:
+    url = storage.join(raw, rel)
+    text = storage.read_bytes(url).decode("utf-8", "surrogateescape").removeprefix("\ufeff")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows = [(f"{rel}:{reader.line_num}", row) for row in reader]
+    return url, list(reader.fieldnames or []), rows
+
+
+def read_csv_table(raw: str, rel: str, columns: list[str]) -> list[tuple]:
+    """The rows of a CSV file with a header, as ``(where, value of each column...)``.
+
+    Bytes that are not UTF-8 are kept as surrogates (``surrogateescape``), so that one bad row is quarantined as
+    ``undecodable_text`` rather than failing the file.
+
+    Raises:
+        PrepError: the header lacks a column.
+    """
+    url, fields, rows = _csv_rows(raw, rel)
+    if not set(columns) <= set(fields):
+        raise PrepError(f"{url}: header must name columns {', '.join(repr(c) for c in columns)}, got {fields} "
+                        "(set --id-column, --label-column or --text-column)")
+    return [(where, *(row[c] if row[c] is not None else "" for c in columns)) for where, row in rows]
+
+
+def list_csv(raw: str, id_column: str = "id", label_column: str = "label", text_column: str = "text") -> RawPartition:
+    """CSV files of ``(id, label, text)`` rows, the id column optional (then ids are digests of the texts).
+
+    Each file is one unit of the Spark job (a ``ParquetGroup`` with index 0); its rows are records
+    ``<file>#<row>``. The driver reads the texts here only to size them (and to digest them without ids);
+    the Spark tasks read them again to check them. Prefer Parquet for large partitions.
+    """
+    records: list[RawRecord] = []
+    groups: list[ParquetGroup] = []
+    for rel, size in storage.walk(raw):
+        if not rel.endswith(".csv"):
+            records.append(RawRecord(rel, "", rel, size, ("unexpected_file", "not a .csv file in a CSV partition")))
+            continue
+        url, fields, rows = _csv_rows(raw, rel)
+        if not {label_column, text_column} <= set(fields):
+            raise PrepError(f"{url}: header must name columns {label_column!r} and {text_column!r} (and optionally "
+                            f"{id_column!r}), got {fields} (set --id-column, --label-column or --text-column)")
+        has_ids = id_column in fields
+        groups.append(ParquetGroup(rel, 0, len(records), len(rows)))
+        for i, (_, row) in enumerate(rows):
+            label, text = row[label_column], row[text_column] or ""
+            nbytes = len(text.encode("utf-8", "surrogateescape"))
+            if not has_ids and not text.strip():  # nothing to take an id from, and nothing to learn from
+                records.append(RawRecord(f"{rel}#{i}", (label or "").strip(), f"{rel}#{i}", nbytes,
+                                         ("empty_text", f"{rel}#{i}: blank {text_column!r}")))
+                continue
+            record_id = row[id_column] if has_ids else content_id(text)
+            records.append(_table_record(f"{rel}#{i}", record_id, label, nbytes, id_column))
+    _mark_duplicates(records)
+    return RawPartition("csv", records, groups)
+
+
 def list_partition(layout: str, raw: str, labels_file: str, id_column: str, label_column: str,
-                   image_column: str) -> RawPartition:
-    """The records of a raw partition in the given layout."""
+                   image_column: str, column_type: str = "binary", ids_optional: bool = False) -> RawPartition:
+    """The records of a raw partition in the given layout; ``image_column`` is the input's column in table
+    layouts (of Arrow type ``column_type``), and ``ids_optional`` lets tables have no id column."""
     if layout == "manifest":
         return list_manifest(raw, labels_file, id_column, label_column)
     if layout == "folders":
         return list_folders(raw)
     if layout == "parquet":
-        return list_parquet(raw, id_column, label_column, image_column)
+        return list_parquet(raw, id_column, label_column, image_column, column_type, ids_optional)
+    if layout == "csv":
+        return list_csv(raw, id_column, label_column, image_column)
     raise PrepError(f"unknown layout {layout!r}; use one of {sorted(LAYOUTS)}")

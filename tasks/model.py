@@ -9,7 +9,7 @@ import dataclasses
 import logging
 import time
 
-from tasks import runtime, schema
+from tasks import modality, runtime, schema
 
 runtime.set_legacy_keras()
 
@@ -25,18 +25,26 @@ AUTOTUNE = tf.data.AUTOTUNE
 class ModelConfig:
     num_classes: int
     """Classes of the head."""
-    image_size: tuple[int, int]
-    """(height, width) the hub module expects."""
+    image_size: tuple[int, int] | None
+    """(height, width) the hub module expects; None for text."""
     fine_tune: bool = False
     """Train the hub module's weights too, not only the head."""
     dropout: float = 0.2
     """Dropout before the head."""
+    task_type: str = modality.IMAGE_CLASSIFICATION
+    """What the model classifies (``tasks.modality``)."""
 
 
 def build_model(module_dir: str, cfg: ModelConfig) -> tf.keras.Model:
-    """``hub.KerasLayer`` feature extractor and a softmax classification head."""
-    h, w = cfg.image_size
-    inputs = tf.keras.Input(shape=(h, w, 3), name="images")
+    """``hub.KerasLayer`` feature extractor (image feature vector or text embedding) and a softmax head.
+
+    Images come in decoded and resized to the module's size, float32 in [0, 1]; texts come in as a batch of
+    strings, which the text module tokenizes itself."""
+    if cfg.task_type == modality.TEXT_CLASSIFICATION:
+        inputs = tf.keras.Input(shape=(), dtype=tf.string, name="text")
+    else:
+        h, w = cfg.image_size
+        inputs = tf.keras.Input(shape=(h, w, 3), name="images")
     features = hub.KerasLayer(module_dir, trainable=cfg.fine_tune, name="hub_module")(inputs)
     x = tf.keras.layers.Dropout(cfg.dropout, name="dropout")(features)
     outputs = tf.keras.layers.Dense(cfg.num_classes, activation="softmax", name="classifier")(x)
@@ -55,24 +63,40 @@ def decode_image(encoded: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
     return img
 
 
-_FEATURES = {
-    schema.IMAGE: tf.io.FixedLenFeature([], tf.string),
-    schema.LABEL: tf.io.FixedLenFeature([], tf.int64),
-}
+def preprocess(raw: tf.Tensor, image_size: tuple[int, int] | None,
+               task_type: str = modality.IMAGE_CLASSIFICATION) -> tf.Tensor:
+    """One record's input as stored (encoded image bytes, or UTF-8 text) to what the model takes."""
+    if task_type == modality.TEXT_CLASSIFICATION:
+        return raw
+    return decode_image(raw, image_size)
 
 
-def parse_example(serialized: tf.Tensor, image_size: tuple[int, int]) -> tuple[tf.Tensor, tf.Tensor]:
-    ex = tf.io.parse_single_example(serialized, _FEATURES)
-    return decode_image(ex[schema.IMAGE], image_size), tf.cast(ex[schema.LABEL], tf.int32)
+def preprocess_batch(raw: tf.Tensor, image_size: tuple[int, int] | None,
+                     task_type: str = modality.IMAGE_CLASSIFICATION) -> tf.Tensor:
+    """``preprocess`` over a batch (string[N]), as the serving signature does."""
+    if task_type == modality.TEXT_CLASSIFICATION:
+        return raw
+    return tf.map_fn(lambda b: decode_image(b, image_size), raw,
+                     fn_output_signature=tf.TensorSpec((image_size[0], image_size[1], 3), tf.float32))
 
 
-def make_dataset(files: list[str], image_size: tuple[int, int], batch_size: int, *, training: bool,
-                 seed: int = 0, threads: int | None = None, shard: tuple[int, int] | None = None) -> tf.data.Dataset:
-    """A ``tf.data`` pipeline over TFRecord files: read, decode, resize, batch, prefetch.
+def parse_example(serialized: tf.Tensor, image_size: tuple[int, int] | None,
+                  task_type: str = modality.IMAGE_CLASSIFICATION) -> tuple[tf.Tensor, tf.Tensor]:
+    feature = modality.of(task_type).feature
+    ex = tf.io.parse_single_example(serialized, {feature: tf.io.FixedLenFeature([], tf.string),
+                                                 schema.LABEL: tf.io.FixedLenFeature([], tf.int64)})
+    return preprocess(ex[feature], image_size, task_type), tf.cast(ex[schema.LABEL], tf.int32)
+
+
+def make_dataset(files: list[str], image_size: tuple[int, int] | None, batch_size: int, *, training: bool,
+                 seed: int = 0, threads: int | None = None, shard: tuple[int, int] | None = None,
+                 task_type: str = modality.IMAGE_CLASSIFICATION) -> tf.data.Dataset:
+    """A ``tf.data`` pipeline over TFRecord files: read, parse, preprocess (decode and resize images), batch,
+    prefetch.
 
     Args:
         files: local TFRecord paths.
-        image_size: (height, width) to resize to.
+        image_size: (height, width) to resize images to; None for text.
         batch_size: batch size of this pipeline (per worker).
         training: shuffle, augment, repeat forever and drop the last partial batch; otherwise one pass in file
             order, keeping the partial batch.
@@ -81,6 +105,7 @@ def make_dataset(files: list[str], image_size: tuple[int, int], batch_size: int,
             every core of the machine); None uses TensorFlow's shared pool.
         shard: ``(count, index)``: keep every ``count``-th record from the ``index``-th, before decoding (workers
             splitting one pass over the same files); with ``training=False`` the shards partition the records.
+        task_type: what the records hold (``tasks.modality``); images are also flipped at random in training.
     """
     if not files:
         raise ValueError("make_dataset got no files")
@@ -93,8 +118,9 @@ def make_dataset(files: list[str], image_size: tuple[int, int], batch_size: int,
         ds = ds.shard(*shard)
     if training:
         ds = ds.shuffle(2048, seed=seed, reshuffle_each_iteration=True).repeat()
-    ds = ds.map(lambda s: parse_example(s, image_size), num_parallel_calls=AUTOTUNE, deterministic=not training)
-    if training:
+    ds = ds.map(lambda s: parse_example(s, image_size, task_type), num_parallel_calls=AUTOTUNE,
+                deterministic=not training)
+    if training and task_type == modality.IMAGE_CLASSIFICATION:
         ds = ds.map(lambda x, y: (tf.image.random_flip_left_right(x, seed=seed), y), num_parallel_calls=AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=training).prefetch(AUTOTUNE)
     if threads:
@@ -300,13 +326,14 @@ class BackupAndRestoreHook(tf.keras.callbacks.BackupAndRestore):
 
 
 def read_split(examples_dir: str, manifest: dict, split: str, limit: int | None = None) -> tuple[list[bytes], list[int]]:
-    """Encoded images and label ids of a split, in manifest file order (for scoring exported models, which take
-    image bytes)."""
+    """Inputs as stored (encoded images, or UTF-8 texts) and label ids of a split, in manifest file order (for
+    scoring exported models, which take them as they are)."""
+    feature = modality.of_manifest(manifest).feature
     images, labels = [], []
     files = [f"{examples_dir}/{f['name']}" for f in manifest["files"][split] if f["records"]]
     for serialized in tf.data.TFRecordDataset(files) if files else []:
         ex = tf.train.Example.FromString(serialized.numpy()).features.feature
-        images.append(ex[schema.IMAGE].bytes_list.value[0])
+        images.append(ex[feature].bytes_list.value[0])
         labels.append(int(ex[schema.LABEL].int64_list.value[0]))
         if limit is not None and len(images) >= limit:
             break

@@ -79,12 +79,18 @@ def log_summary(stats: dict, manifest: dict, quarantine: str) -> None:
     if rec["bad"]:
         log.info("bad records by reason: %s; they are in %s", ", ".join(
             f"{reason} {n}" for reason, n in stats["bad_reasons"].items()), quarantine)
-    sizes = stats["image_size"]
-    if rec["valid"]:
+    if rec["valid"] and "image_size" in stats:
+        sizes = stats["image_size"]
         log.info("image width %s..%s (mean %s), height %s..%s (mean %s), bytes %s..%s (mean %s); formats %s",
                  sizes["width"]["min"], sizes["width"]["max"], sizes["width"]["mean"], sizes["height"]["min"],
                  sizes["height"]["max"], sizes["height"]["mean"], sizes["bytes"]["min"], sizes["bytes"]["max"],
                  sizes["bytes"]["mean"], ", ".join(f"{k} {v}" for k, v in stats["formats"].items()))
+    if rec["valid"] and "text_length" in stats:
+        lengths = stats["text_length"]
+        log.info("text length %s..%s words (mean %s), %s..%s characters (mean %s), bytes %s..%s (mean %s)",
+                 lengths["words"]["min"], lengths["words"]["max"], lengths["words"]["mean"],
+                 lengths["chars"]["min"], lengths["chars"]["max"], lengths["chars"]["mean"],
+                 lengths["bytes"]["min"], lengths["bytes"]["max"], lengths["bytes"]["mean"])
     if stats["new_labels"]:
         log.info("labels this partition added to the vocabulary: %s (now v%d)", ", ".join(stats["new_labels"]),
                  stats["vocabulary_version"])

@@ -12,7 +12,7 @@ raw partition (``file://`` directly, ``hdfs://`` through WebHDFS) and writes:
 Both are functions of the records alone, so a retried or speculative attempt writes the same bytes, and each file
 appears complete or not at all (``storage.atomic_writer``).
 
-For the Parquet layout the bytes are inside Parquet row groups that hold records of every shard: one task per row
+For the table layouts (Parquet; CSV for text) the bytes are inside Parquet row groups or CSV files that hold records of every shard: one task per row
 group reads and checks them (``check_row_group``) and Spark shuffles the results to the shard writers
 (``write_checked``).
 """
@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from typing import Iterable, Iterator
 
-from tasks import image_check, schema, storage, tfrecord
+from tasks import image_check, layouts, modality, schema, storage, tfrecord
 
 QUARANTINE_REASON = "quarantine/reason"
 QUARANTINE_DETAIL = "quarantine/detail"
@@ -72,10 +72,17 @@ class Context:
     """Staging folder URL of the dataset."""
     quarantine_staging: str
     """Staging folder URL of the quarantine."""
-    bounds: image_check.Bounds
+    bounds: image_check.Bounds | modality.TextBounds
+    """Bounds of an acceptable record, of the task type's kind."""
     webhdfs: dict
     """The driver's WebHDFS settings (``storage.webhdfs_settings``)."""
-    image_column: str = "image"
+    column: str = "image"
+    """Column of the records' input in table layouts."""
+    task_type: str = modality.IMAGE_CLASSIFICATION
+
+    @property
+    def modality(self) -> modality.Modality:
+        return modality.of(self.task_type)
 
 
 def quarantine_piece(index: int) -> str:
@@ -113,19 +120,19 @@ class _ShardWriter:
         self.quarantine_url = storage.join(ctx.quarantine_staging, quarantine_piece(task.index))
         self.labels: Counter = Counter()
         self.formats: Counter = Counter()
-        self.width, self.height, self.nbytes = _Sizes(), _Sizes(), _Sizes()
+        self.sizes = {name: _Sizes() for name in ctx.modality.measures}
         self.bad: list[tuple[str, str, str, str, str, int]] = []  # id, label, reason, detail, source, size
         self.records = 0
         self._bad_file = None
 
-    def good(self, record_id: str, label: str, label_id: int, data: bytes, info: image_check.ImageInfo) -> None:
-        self._shard.write(tfrecord.frame(example_bytes(record_id, data, info.format, label_id, label)))
+    def good(self, record_id: str, label: str, label_id: int, data: bytes, info: modality.Checked) -> None:
+        self._shard.write(tfrecord.frame(example_bytes(record_id, data, info.format, label_id, label,
+                                                       self.ctx.modality)))
         self.records += 1
         self.labels[label] += 1
         self.formats[info.format] += 1
-        self.width.add(info.width)
-        self.height.add(info.height)
-        self.nbytes.add(len(data))
+        for name, value in info.measures.items():
+            self.sizes[name].add(value)
 
     def bad_record(self, record_id: str, label: str, reason: str, detail: str, source: str, data: bytes,
                    size: int) -> None:
@@ -137,7 +144,7 @@ class _ShardWriter:
             QUARANTINE_REASON: reason,
             QUARANTINE_DETAIL: detail,
             QUARANTINE_SOURCE: source,
-            schema.IMAGE: data,
+            self.ctx.modality.feature: data,
         })))
         self.bad.append((record_id, label, reason, detail, source, size))
 
@@ -145,17 +152,20 @@ class _ShardWriter:
         return {
             "index": self.task.index, "split": self.task.split, "name": self.task.name,
             "records": self.records, "bytes": shard_bytes, "labels": dict(self.labels),
-            "formats": dict(self.formats), "width": self.width.to_dict(), "height": self.height.to_dict(),
-            "image_bytes": self.nbytes.to_dict(), "bad": self.bad,
+            "formats": dict(self.formats), "sizes": {k: v.to_dict() for k, v in self.sizes.items()},
+            "bad": self.bad,
             "quarantine_file": quarantine_piece(self.task.index) if self.bad else None,
         }
 
 
-def example_bytes(record_id: str, content: bytes, fmt: str, label_id: int, label: str) -> bytes:
+def example_bytes(record_id: str, content: bytes, fmt: str, label_id: int, label: str,
+                  kind: modality.Modality = modality.IMAGE) -> bytes:
     """The serialised ``tf.train.Example`` of a valid record (the schema of ``tasks.schema``)."""
+    features = {kind.feature: content}
+    if kind is modality.IMAGE:
+        features[schema.FORMAT] = fmt
     return tfrecord.encode_example({
-        schema.IMAGE: content,
-        schema.FORMAT: fmt,
+        **features,
         schema.LABEL: label_id,
         schema.LABEL_TEXT: label,
         schema.RECORD_ID: record_id,
@@ -179,11 +189,11 @@ def _write(task: ShardTask, ctx: Context, checked: Iterable[tuple]) -> dict:
             "cpu_seconds": time.process_time() - cpu}
 
 
-def _check(record: Planned, data: bytes, bounds: image_check.Bounds) -> tuple:
+def _check(record: Planned, data: bytes, ctx: Context) -> tuple:
     if record.problem is not None:
         return ("bad", record.id, record.label, *record.problem, record.source, data, record.size)
     try:
-        info = image_check.check_image(data, bounds)
+        info = ctx.modality.check(data, ctx.bounds)
     except image_check.BadRecord as bad:
         kept = b"" if bad.reason == "too_many_bytes" else data
         return ("bad", record.id, record.label, bad.reason, bad.detail, record.source, kept, len(data))
@@ -192,11 +202,12 @@ def _check(record: Planned, data: bytes, bounds: image_check.Bounds) -> tuple:
 
 def _read_and_check(r: Planned, ctx: Context) -> tuple:
     if not r.source:  # listed but absent: nothing to read or keep
-        return _check(r, b"", ctx.bounds)
+        return _check(r, b"", ctx)
     if r.size > ctx.bounds.max_bytes:  # neither decoded nor copied to quarantine
-        problem = r.problem or ("too_many_bytes", f"{r.size} bytes > max_image_bytes {ctx.bounds.max_bytes}")
+        problem = r.problem or ("too_many_bytes", f"{r.size} bytes > the most a record may have, "
+                                                  f"{ctx.bounds.max_bytes}")
         return ("bad", r.id, r.label, problem[0], problem[1] + "; bytes not copied", r.source, b"", r.size)
-    return _check(r, storage.read_child(ctx.raw, r.source), ctx.bounds)
+    return _check(r, storage.read_child(ctx.raw, r.source), ctx)
 
 
 def write_files_shard(task: ShardTask, ctx: Context) -> dict:
@@ -217,11 +228,12 @@ def check_files(rows: list[tuple[int, Planned]], ctx: Context) -> Iterator[tuple
 
 
 def check_row_group(file: str, group: int, rows: list[tuple[int, Planned]], ctx: Context) -> Iterator[tuple]:
-    """The first task of the Parquet layout: reads one row group's images and checks them.
+    """The first task of the table layouts: reads one Parquet row group's (or one CSV file's) inputs and checks
+    them.
 
     Args:
-        file: the Parquet file, relative to the raw partition.
-        group: the row group.
+        file: the Parquet or CSV file, relative to the raw partition.
+        group: the row group (0 for CSV).
         rows: ``(shard task index, planned record)`` of each row, in row order.
         ctx: the job's context.
 
@@ -231,13 +243,18 @@ def check_row_group(file: str, group: int, rows: list[tuple[int, Planned]], ctx:
     import pyarrow.parquet as pq
 
     storage.use_webhdfs(ctx.webhdfs)
-    with storage.open_child(ctx.raw, file) as f:
-        images = pq.ParquetFile(f).read_row_group(group, columns=[ctx.image_column]).column(0).to_pylist()
-    if len(images) != len(rows):
-        raise RuntimeError(f"{file} row group {group}: {len(images)} rows now, {len(rows)} when listed; the raw "
+    if file.endswith(".csv"):
+        values = [row[1] for row in layouts.read_csv_table(ctx.raw, file, [ctx.column])]
+    else:
+        with storage.open_child(ctx.raw, file) as f:
+            values = pq.ParquetFile(f).read_row_group(group, columns=[ctx.column]).column(0).to_pylist()
+    if len(values) != len(rows):
+        raise RuntimeError(f"{file} row group {group}: {len(values)} rows now, {len(rows)} when listed; the raw "
                            "partition changed while it was read")
-    for (task_index, record), data in zip(rows, images):
-        yield task_index, _check(record, data or b"", ctx.bounds)
+    for (task_index, record), data in zip(rows, values):
+        if isinstance(data, str):  # CSV text keeps undecodable bytes as surrogates: the check reports them
+            data = data.encode("utf-8", "surrogateescape")
+        yield task_index, _check(record, data or b"", ctx)
 
 
 def write_checked(task: ShardTask, checked: Iterable[tuple], ctx: Context) -> dict:

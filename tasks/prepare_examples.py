@@ -1,23 +1,26 @@
 """Spark application: one raw partition to training-ready, sharded TFRecords of ``tf.train.Example``.
 
-Input ``<raw>/`` in one of three layouts (``--layout``, see ``tasks.layouts``): images and a labels manifest
-(``labels.csv`` or a Parquet file: path, label), the default; one folder per class; Parquet files with the image
-bytes in a column. ``_SUCCESS`` must be there: the producer has finished.
+Input ``<raw>/`` in one of these layouts (``--layout``, see ``tasks.layouts``): files and a labels manifest
+(``labels.csv`` or a Parquet file: path, label), the default; one folder per class; Parquet files with the input
+(image bytes or text) in a column; for text, CSV files (text, label, optional id). ``_SUCCESS`` must be there: the
+producer has finished.
 
-Every record is checked (``tasks.image_check``): the image decodes, its size is within bounds, its label is known.
+``--task-type`` (``tasks.modality``) says what a record is. Every record is checked: an image decodes and its size
+is within bounds (``tasks.image_check``), a text is UTF-8, not blank and not too long; its label is known.
 Output ``<output>/``, committed as a whole by renaming a staging folder into place, ``_SUCCESS`` last::
 
     train-00000-of-0000N.tfrecord ...   the valid records, sorted by id within a shard
     eval-...  test-...
     manifest.json                       label vocabulary, counts per split and label, files and their counts
-    stats.json                          counts, label distribution and its drift, image sizes, bad-record reasons
+    stats.json                          counts, label distribution and its drift, image sizes or text lengths,
+                                        bad-record reasons
     _SUCCESS
 
 Bad records go to ``<quarantine>/`` (default ``<storage root>/quarantine/<partition>``), committed the same way,
 also when the stage then fails::
 
     part-NNNNN.tfrecord   one tf.train.Example per bad record: record/id, label/text, quarantine/reason,
-                          quarantine/detail, quarantine/source, image/encoded (its raw bytes)
+                          quarantine/detail, quarantine/source, image/encoded or text (its raw bytes)
     quarantine.jsonl      one line per bad record: id, label, reason, detail, source, bytes, file
     summary.json          counts by reason
     _SUCCESS
@@ -57,7 +60,7 @@ import threading
 import time
 from collections import Counter
 
-from tasks import image_check, layouts, prep_stats, prep_tasks, runtime, schema, storage, vocabulary
+from tasks import image_check, layouts, modality, prep_stats, prep_tasks, runtime, schema, storage, vocabulary
 from tasks.layouts import PrepError
 
 log = logging.getLogger("prepare_examples")
@@ -73,16 +76,22 @@ class Config:
     """Storage URL of the raw partition folder."""
     output: str
     """Storage URL of the prepared dataset folder for this partition."""
+    task_type: str = modality.IMAGE_CLASSIFICATION
+    """``image_classification`` or ``text_classification`` (``tasks.modality``); written into the manifest, where
+    the later stages read it."""
     layout: str = "manifest"
-    """Input layout: ``manifest``, ``folders`` or ``parquet`` (see ``tasks.layouts.LAYOUTS``)."""
+    """Input layout: ``manifest``, ``folders``, ``parquet``, or for text ``csv`` (see ``tasks.layouts.LAYOUTS``)."""
     labels_file: str = "labels.csv"
     """The labels manifest inside the raw partition (manifest layout): CSV, or Parquet when it ends in .parquet."""
-    id_column: str = "path"
-    """Column of the record id (the image path in a manifest)."""
+    id_column: str = ""
+    """Column of the record id; empty: ``path`` (the file's path in a manifest, and the image tables' id), or
+    ``id`` in text tables, where it is optional (without it, a record's id is a digest of its text)."""
     label_column: str = "label"
     """Column of the label."""
     image_column: str = "image"
     """Column of the encoded image bytes (parquet layout)."""
+    text_column: str = "text"
+    """Column of the text (text tables)."""
     split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
     """Fractions of train, eval and test, by hash of the record id."""
     min_shards: int = 4
@@ -96,6 +105,12 @@ class Config:
     """Images with a side longer than this (pixels) are bad, and are not decoded."""
     max_image_bytes: int = 64 * 1024 * 1024
     """Records larger than this (bytes) are bad, and are not read."""
+    min_text_chars: int = 1
+    """Texts shorter than this after stripping white space are bad (``empty_text``)."""
+    max_text_chars: int = 20000
+    """Texts longer than this are bad (``text_too_long``)."""
+    max_text_bytes: int = 1024 * 1024
+    """Text records larger than this (bytes) are bad, and are not read."""
     labels: tuple[str, ...] = ()
     """The declared labels; records with any other label are bad (unknown_label). Empty: any label."""
     new_label_policy: str = "fail"
@@ -118,11 +133,13 @@ def parse_args(argv: list[str]) -> Config:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--raw", required=True)
     p.add_argument("--output", required=True)
+    p.add_argument("--task-type", default=Config.task_type, choices=sorted(modality.TASK_TYPES))
     p.add_argument("--layout", default=Config.layout, choices=sorted(layouts.LAYOUTS))
     p.add_argument("--labels-file", default=Config.labels_file)
     p.add_argument("--id-column", default=Config.id_column)
     p.add_argument("--label-column", default=Config.label_column)
     p.add_argument("--image-column", default=Config.image_column)
+    p.add_argument("--text-column", default=Config.text_column)
     p.add_argument("--split-fractions", default=",".join(str(x) for x in Config.split_fractions),
                    help="train,eval,test fractions summing to 1")
     p.add_argument("--min-shards", type=int, default=Config.min_shards)
@@ -130,6 +147,9 @@ def parse_args(argv: list[str]) -> Config:
     p.add_argument("--min-image-side", type=int, default=Config.min_image_side)
     p.add_argument("--max-image-side", type=int, default=Config.max_image_side)
     p.add_argument("--max-image-mb", type=float, default=Config.max_image_bytes / 2**20)
+    p.add_argument("--min-text-chars", type=int, default=Config.min_text_chars)
+    p.add_argument("--max-text-chars", type=int, default=Config.max_text_chars)
+    p.add_argument("--max-text-mb", type=float, default=Config.max_text_bytes / 2**20)
     p.add_argument("--labels", default="", help="comma-separated declared labels; empty: any label")
     p.add_argument("--new-label-policy", default=Config.new_label_policy, choices=sorted(vocabulary.POLICIES))
     p.add_argument("--vocabulary", default=Config.vocabulary)
@@ -145,14 +165,22 @@ def parse_args(argv: list[str]) -> Config:
         p.error("--min-shards must be at least 1")
     if a.target_shard_mb <= 0 or a.max_image_mb <= 0:
         p.error("--target-shard-mb and --max-image-mb must be positive")
+    kind = modality.of(a.task_type)
+    if a.layout not in kind.layouts:
+        p.error(f"--layout {a.layout} does not hold {a.task_type} data; use one of {', '.join(kind.layouts)}")
+    if not 0 <= a.min_text_chars <= a.max_text_chars or a.max_text_mb <= 0:
+        p.error(f"need 0 <= --min-text-chars ({a.min_text_chars}) <= --max-text-chars ({a.max_text_chars}) and a "
+                "positive --max-text-mb")
     if not 1 <= a.min_image_side <= a.max_image_side:
         p.error(f"need 1 <= --min-image-side ({a.min_image_side}) <= --max-image-side ({a.max_image_side})")
     for name in ("max_bad_fraction", "drift_threshold"):
         if not 0 <= getattr(a, name) <= 1:
             p.error(f"--{name.replace('_', '-')} must be within [0, 1], got {getattr(a, name)}")
     declared = tuple(x.strip() for x in a.labels.split(",") if x.strip())
-    return Config(raw=a.raw, output=a.output, layout=a.layout, labels_file=a.labels_file, id_column=a.id_column,
-                  label_column=a.label_column, image_column=a.image_column, split_fractions=fractions,
+    return Config(raw=a.raw, output=a.output, task_type=a.task_type, layout=a.layout, labels_file=a.labels_file,
+                  id_column=a.id_column, label_column=a.label_column, image_column=a.image_column,
+                  text_column=a.text_column, split_fractions=fractions, min_text_chars=a.min_text_chars,
+                  max_text_chars=a.max_text_chars, max_text_bytes=int(a.max_text_mb * 2**20),
                   min_shards=a.min_shards, target_shard_bytes=int(a.target_shard_mb * 2**20),
                   min_image_side=a.min_image_side, max_image_side=a.max_image_side,
                   max_image_bytes=int(a.max_image_mb * 2**20), labels=declared,
@@ -167,6 +195,18 @@ def _parent(url: str) -> str:
 
 def _name(url: str) -> str:
     return url.rstrip("/").rpartition("/")[2]
+
+
+def id_column(cfg: Config) -> str:
+    """The id column: as set, or ``id`` in text tables and ``path`` otherwise."""
+    if cfg.id_column:
+        return cfg.id_column
+    text_table = cfg.task_type == modality.TEXT_CLASSIFICATION and cfg.layout in ("csv", "parquet")
+    return "id" if text_table else "path"
+
+
+def input_column(cfg: Config) -> str:
+    return cfg.text_column if cfg.task_type == modality.TEXT_CLASSIFICATION else cfg.image_column
 
 
 def vocabulary_url(cfg: Config) -> str:
@@ -264,7 +304,7 @@ def make_plan(raw: layouts.RawPartition, current: vocabulary.Vocabulary, cfg: Co
         planned.append(p)
         task_of.append(n)
         members[n].append(p)
-    files_layout = raw.layout != "parquet"
+    files_layout = raw.layout not in ("parquet", "csv")
     tasks = [prep_tasks.ShardTask(n, s, schema.shard_name(s, i, shards[s]),
                                   tuple(sorted(members[n], key=lambda p: (p.id, p.source))) if files_layout else ())
              for n, (s, i) in enumerate(keys)]
@@ -313,7 +353,7 @@ def execute(spark, raw: layouts.RawPartition, plan: Plan, ctx: prep_tasks.Contex
     tasks = plan.tasks
     with _Progress(sc, len(plan.planned)) as progress:
         done = progress.done
-        if raw.layout != "parquet":
+        if raw.layout not in ("parquet", "csv"):
             # One Spark task per shard reads its own files: no shuffle, and the bytes are read once. Largest first,
             # so that the last tasks to finish are small ones.
             order = sorted(tasks, key=lambda t: (-t.bytes, t.index))
@@ -380,6 +420,7 @@ def build_stats(cfg: Config, partition: str, plan: Plan, results: list[dict], ba
         except ValueError as e:  # a broken file of another day must not fail this one: say so and go on
             log.warning("previous statistics %s are not valid JSON (%s): label drift not checked", previous_url, e)
     valid = sum(r["records"] for r in results)
+    kind = modality.of(cfg.task_type)
     return {
         "partition": partition,
         "records": {"total": valid + len(bad), "valid": valid, "bad": len(bad),
@@ -388,8 +429,9 @@ def build_stats(cfg: Config, partition: str, plan: Plan, results: list[dict], ba
         "labels": label_totals,
         "bad_reasons": dict(sorted(Counter(b[2] for b in bad).items())),
         "formats": dict(sorted(sum((Counter(r["formats"]) for r in results), Counter()).items())),
-        "image_size": {key: prep_stats.describe_sizes(prep_stats.merge_sizes(r[src] for r in results))
-                       for key, src in (("width", "width"), ("height", "height"), ("bytes", "image_bytes"))},
+        "task_type": cfg.task_type,
+        kind.stats_key: {key: prep_stats.describe_sizes(prep_stats.merge_sizes(r["sizes"][key] for r in results))
+                         for key in kind.measures},
         "vocabulary_version": plan.vocabulary.version,
         # From the vocabulary's history rather than from this run, so that a rerun writes the same statistics.
         "new_labels": sorted({name for h in plan.vocabulary.history if h["partition"] == partition
@@ -415,17 +457,21 @@ def run(cfg: Config, spark=None) -> dict:
     from pyspark.sql import SparkSession
 
     t0 = time.time()
+    kind = modality.of(cfg.task_type)
+    if cfg.layout not in kind.layouts:
+        raise PrepError(f"layout {cfg.layout!r} does not hold {cfg.task_type} data; use one of "
+                        f"{', '.join(kind.layouts)}")
     partition = _name(cfg.raw)
     if not storage.exists(storage.join(cfg.raw, schema.SUCCESS)):
         raise PrepError(f"raw partition {cfg.raw} has no {schema.SUCCESS} marker: the producer has not finished")
-    raw = layouts.list_partition(cfg.layout, cfg.raw, cfg.labels_file, cfg.id_column, cfg.label_column,
-                                 cfg.image_column)
+    raw = layouts.list_partition(cfg.layout, cfg.raw, cfg.labels_file, id_column(cfg), cfg.label_column,
+                                 input_column(cfg), kind.arrow_type, ids_optional=kind is modality.TEXT)
     if not raw.records:
         raise PrepError(f"raw partition {cfg.raw} holds no records in the {cfg.layout} layout (only hidden files, "
                         "or nothing, besides its markers): check the producer, or --layout")
     listed_bad = sum(1 for r in raw.records if r.problem)
-    log.info("%s (%s layout): %d records listed, %d already bad (%.1fs)", cfg.raw, cfg.layout, len(raw.records),
-             listed_bad, time.time() - t0)
+    log.info("%s (%s, %s layout): %d records listed, %d already bad (%.1fs)", cfg.raw, cfg.task_type, cfg.layout,
+             len(raw.records), listed_bad, time.time() - t0)
     quarantine = quarantine_url(cfg)
     vocab_url = vocabulary_url(cfg)
     spark = spark or SparkSession.builder.appName(f"prepare_examples {partition}").getOrCreate()
@@ -448,10 +494,12 @@ def _write(cfg: Config, spark, raw: layouts.RawPartition, plan: Plan, current: v
     staging = storage.new_staging(cfg.output)
     q_staging = storage.new_staging(quarantine)
     try:
-        ctx = prep_tasks.Context(raw=cfg.raw, staging=staging, quarantine_staging=q_staging,
-                                 bounds=image_check.Bounds(cfg.min_image_side, cfg.max_image_side,
-                                                           cfg.max_image_bytes),
-                                 webhdfs=storage.webhdfs_settings(), image_column=cfg.image_column)
+        bounds = (modality.TextBounds(cfg.min_text_chars, cfg.max_text_chars, cfg.max_text_bytes)
+                  if cfg.task_type == modality.TEXT_CLASSIFICATION
+                  else image_check.Bounds(cfg.min_image_side, cfg.max_image_side, cfg.max_image_bytes))
+        ctx = prep_tasks.Context(raw=cfg.raw, staging=staging, quarantine_staging=q_staging, bounds=bounds,
+                                 webhdfs=storage.webhdfs_settings(), column=input_column(cfg),
+                                 task_type=cfg.task_type)
         t1 = time.time()
         results = execute(spark, raw, plan, ctx)
         valid = sum(r["records"] for r in results)
@@ -485,8 +533,10 @@ def _write(cfg: Config, spark, raw: layouts.RawPartition, plan: Plan, current: v
             for name, n in r["labels"].items():
                 label_counts[r["split"]][name] += n
         label_totals = {name: sum(label_counts[s][name] for s in schema.SPLITS) for name in vocab.labels}
+        kind = modality.of(cfg.task_type)
         manifest = {
             "partition": partition,
+            "task_type": cfg.task_type,
             "source": cfg.raw,
             "layout": cfg.layout,
             "labels": list(vocab.labels),
@@ -498,8 +548,9 @@ def _write(cfg: Config, spark, raw: layouts.RawPartition, plan: Plan, current: v
             "label_counts": label_counts,
             "files": {s: [{"name": r["name"], "records": r["records"], "bytes": r["bytes"]}
                           for r in results if r["split"] == s] for s in schema.SPLITS},
-            "features": {"image": schema.IMAGE, "format": schema.FORMAT, "label": schema.LABEL,
-                         "label_text": schema.LABEL_TEXT, "record_id": schema.RECORD_ID},
+            "features": {**({"image": schema.IMAGE, "format": schema.FORMAT} if kind is modality.IMAGE
+                            else {"text": schema.TEXT}),
+                         "label": schema.LABEL, "label_text": schema.LABEL_TEXT, "record_id": schema.RECORD_ID},
             "stats": STATS,
             "config": json.loads(runtime.config_json(cfg)),
         }

@@ -6,6 +6,8 @@ import hashlib
 
 IMAGE = "image/encoded"
 """Encoded image bytes (JPEG or PNG), as the producer wrote them."""
+TEXT = "text"
+"""UTF-8 text of a text record (``text_classification``)."""
 FORMAT = "image/format"
 """``jpeg`` or ``png``."""
 LABEL = "label"

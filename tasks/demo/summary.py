@@ -15,11 +15,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--storage-root", required=True)
     p.add_argument("--ds", required=True)
     p.add_argument("--model-name", required=True)
+    p.add_argument("--dataset", default="", help="the run's dataset folder under the storage root, if any")
     p.add_argument("--log", required=True)
     p.add_argument("--airflow-logs", required=True)
     p.add_argument("--seconds", type=int, default=0)
     a = p.parse_args(argv)
-    run_dir = storage.local_path(storage.join(a.storage_root, "runs", f"ds={a.ds}"))
+    data_root = storage.join(a.storage_root, a.dataset) if a.dataset else a.storage_root
+    run_dir = storage.local_path(storage.join(data_root, "runs", f"ds={a.ds}"))
     served = storage.local_path(storage.join(a.storage_root, "serving", a.model_name, str(version_of(a.ds))))
     metrics_path = run_dir / "metrics.json"
     if not metrics_path.exists():

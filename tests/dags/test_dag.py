@@ -43,10 +43,12 @@ def test_consumer_is_scheduled_on_the_published_model(dagbag):
 
 def test_params_have_defaults_for_scheduled_runs(dagbag):
     params = dagbag.dags["tfhub_finetune"].params
-    for name in ("hub_module", "epochs", "batch_size", "learning_rate", "num_workers", "fine_tune", "min_accuracy",
+    for name in ("task_type", "layout", "epochs", "batch_size", "learning_rate", "num_workers", "fine_tune", "min_accuracy",
                  "min_class_recall", "baseline_tolerance"):
         assert params[name] is not None, name
     assert params["partition"] is None
+    # Empty: the task type's demo module, the storage root itself, the Variable's model name.
+    assert params["hub_module"] is None and params["dataset"] is None and params["model_name"] is None
 
 
 def test_dag_file_parses_without_tensorflow_or_pyspark():
