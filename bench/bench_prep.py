@@ -158,8 +158,8 @@ def run_baseline(raw: Path, out: Path, tf) -> tuple[float, float, int]:
 
     t, cpu = time.time(), time.process_time()
     cfg = P.Config(raw=f"file://{raw}", output=f"file://{out}/examples/{DS}")
-    listed = layouts.list_partition(cfg.layout, cfg.raw, cfg.labels_file, cfg.id_column, cfg.label_column,
-                                    cfg.image_column)
+    listed = layouts.list_partition(cfg.layout, cfg.raw, cfg.labels_file, P.id_column(cfg), cfg.label_column,
+                                    P.input_column(cfg))
     plan = P.make_plan(listed, vocabulary.Vocabulary(P.vocabulary_url(cfg), 0, ()), cfg, DS)
     bounds = image_check.Bounds(cfg.min_image_side, cfg.max_image_side, cfg.max_image_bytes)
     dest = out / "examples" / DS
