@@ -154,9 +154,9 @@ def module_image_size(module_url: str, override: int | None = None) -> tuple[int
         return image_size(str(storage.local_path(module_url)), override)
     if override:
         return (override, override)
-    info = storage.join(module_url, INFO_PATH)
-    if storage.exists(info):
-        h, w = json.loads(storage.read_text(info))["image_size"]
+    info = module_info(module_url)
+    if info is not None:
+        h, w = info["image_size"]
         return (int(h), int(w))
     with tempfile.TemporaryDirectory(prefix="hub-module-") as tmp:
         return image_size(str(storage.fetch(module_url, tmp)))

@@ -20,7 +20,6 @@ import pytest
 
 from tasks import finetune as F
 from tasks import hub_module, logrelay, storage
-from tests.support.webhdfs_server import WebHdfsTestServer
 
 # -- pre-flight -------------------------------------------------------------------------------------------------
 
@@ -214,16 +213,8 @@ def test_handles_are_told_apart():
     assert not hub_module.is_remote_handle("hdfs://nn:8020/tfhub/hub/m")
 
 
-@pytest.fixture
-def webhdfs(tmp_path, monkeypatch):
-    with WebHdfsTestServer(tmp_path / "hdfs") as srv:
-        monkeypatch.setenv("TFHUB_WEBHDFS_URL", srv.url)
-        monkeypatch.setattr(storage, "_client", None)
-        yield srv
-
-
-def test_hdfs_module_is_located_sized_and_fetched_once_per_host(small_hub_module, webhdfs, tmp_path):
-    shutil.copytree(small_hub_module, webhdfs.root / "tfhub" / "hub" / "m")
+def test_hdfs_module_is_located_sized_and_fetched_once_per_host(small_hub_module, hdfs, tmp_path):
+    shutil.copytree(small_hub_module, hdfs.root / "tfhub" / "hub" / "m")
     url = hub_module.locate("hub/m", "hdfs://nn:8020/tfhub")
     assert url == "hdfs://nn:8020/tfhub/hub/m"
     assert hub_module.module_image_size(url) == (32, 32)
@@ -231,14 +222,14 @@ def test_hdfs_module_is_located_sized_and_fetched_once_per_host(small_hub_module
         hub_module.locate("hub/missing", "hdfs://nn:8020/tfhub")
 
     cache = tmp_path / "host-cache"
-    webhdfs.clear_log()
+    hdfs.clear_log()
     first = hub_module.local_module(url, cache)
     assert (Path(first) / "saved_model.pb").read_bytes() == (small_hub_module / "saved_model.pb").read_bytes()
-    opened = [c for c in webhdfs.calls("namenode") if c[1] == "OPEN"]
+    opened = [c for c in hdfs.calls("namenode") if c[1] == "OPEN"]
     assert opened, "the module was not downloaded"
-    webhdfs.clear_log()
+    hdfs.clear_log()
     assert hub_module.local_module(url, cache) == first
-    assert not [c for c in webhdfs.calls() if c[1] == "OPEN"], "the second worker downloaded it again"
+    assert not [c for c in hdfs.calls() if c[1] == "OPEN"], "the second worker downloaded it again"
 
 
 class _TarballServer:
@@ -284,13 +275,13 @@ def test_hub_url_is_downloaded_once_into_the_shared_cache_of_a_file_root(small_h
     assert len(srv.hits) == 1
 
 
-def test_hub_url_is_published_to_the_shared_cache_of_an_hdfs_root(small_hub_module, webhdfs, tmp_path, monkeypatch):
+def test_hub_url_is_published_to_the_shared_cache_of_an_hdfs_root(small_hub_module, hdfs, tmp_path, monkeypatch):
     srv = _TarballServer(small_hub_module)
     try:
         monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "driver1-cache"))
         url = hub_module.locate(srv.url, "hdfs://nn:8020/tfhub")
         assert url == f"hdfs://nn:8020/tfhub/tfhub_cache/{hub_module.cache_key(srv.url)}"
-        assert (webhdfs.root / url.split("8020/", 1)[1] / "saved_model.pb").exists()
+        assert (hdfs.root / url.split("8020/", 1)[1] / "saved_model.pb").exists()
         # Another driver, with an empty local cache, finds it on HDFS and does not download it.
         monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "driver2-cache"))
         assert hub_module.locate(srv.url, "hdfs://nn:8020/tfhub") == url
@@ -303,7 +294,7 @@ def test_hub_url_is_published_to_the_shared_cache_of_an_hdfs_root(small_hub_modu
 # -- checkpoints on hdfs:// -------------------------------------------------------------------------------------
 
 
-def test_checkpoints_on_hdfs_are_copied_up_and_fetched_back_by_a_relaunched_worker(webhdfs, tmp_path):
+def test_checkpoints_on_hdfs_are_copied_up_and_fetched_back_by_a_relaunched_worker(hdfs, tmp_path):
     run_dir = "hdfs://nn:8020/tfhub/runs/ds=2026-11-20"
     chief = F.TrainingStore(run_dir, tmp_path / "attempt0-w0", rank=0)
     assert chief.remote and chief.pull() is None and chief.history() == []
@@ -315,7 +306,7 @@ def test_checkpoints_on_hdfs_are_copied_up_and_fetched_back_by_a_relaunched_work
     chief.save_history([{"epoch": 1, "loss": 1.0}])
     chief.push({"epoch": 2, "step": 4, "global_step": 12, "attempt": 0, "time": 0.0})
 
-    hdfs_run = webhdfs.root / "tfhub" / "runs" / "ds=2026-11-20"
+    hdfs_run = hdfs.root / "tfhub" / "runs" / "ds=2026-11-20"
     assert (hdfs_run / "checkpoints" / "chief" / "ckpt-3.index").read_bytes() == b"\x00index"
     assert (hdfs_run / "tensorboard" / "train" / "events.out").read_bytes() == b"events"
 

@@ -20,17 +20,6 @@ from tasks import image_check, prep_tasks, schema, storage
 from tasks import prepare_examples as P
 from tests.conftest import make_partition
 from tests.support import partitions as parts
-from tests.support.webhdfs_server import WebHdfsTestServer
-
-
-@pytest.fixture
-def hdfs(tmp_path, monkeypatch):
-    """A WebHDFS test server; ``hdfs://namenode:8020/x`` is ``<tmp_path>/hdfs/x``."""
-    with WebHdfsTestServer(tmp_path / "hdfs") as srv:
-        monkeypatch.setenv("TFHUB_WEBHDFS_URL", srv.url)
-        monkeypatch.setattr(storage, "_client", None)
-        yield srv
-    storage._client = None
 
 
 def run_prep(raw_url, output_url, **kw):
