@@ -19,11 +19,14 @@ from tfhub_spark.assets import SERVED_MODEL
 from tfhub_spark.callbacks import log_failure, log_retry
 from tfhub_spark.operators.spark_job import ModelExportOperator, PipelineSparkSubmitOperator, TfHubFinetuneOperator
 from tfhub_spark.partition import MACROS
+from tfhub_spark.params import FOLDER_NAME
 from tfhub_spark.sensors.partition import PartitionReadySensor
 
 # Deployment settings that shape the DAG itself come from the environment (like Airflow's own configuration),
 # never from Variables, which are not read at parse time.
 SCHEDULE = os.environ.get("TFHUB_FINETUNE_SCHEDULE", "0 0 * * *")
+# Seconds between the sensor's checks of a partition that is not complete yet.
+PARTITION_POKE_INTERVAL = int(os.environ.get("TFHUB_PARTITION_POKE_INTERVAL", "60"))
 SENSOR_DEFERRABLE = conf.getboolean("operators", "default_deferrable", fallback=True)
 
 SPARK_CONN_ID = "spark_tfhub"
@@ -43,6 +46,7 @@ RAW = f"{DATA}/raw/ds={DS}"
 EXAMPLES = f"{DATA}/examples/ds={DS}"
 RUN_DIR = f"{DATA}/runs/ds={DS}"
 
+
 PARAMS = {
     "partition": Param(None, type=["null", "string"], format="date",
                        description="Date partition to process, YYYY-MM-DD. Empty: the run's data interval start."),
@@ -50,12 +54,14 @@ PARAMS = {
                        enum=["image_classification", "text_classification"],
                        description="What the records are. Every stage is shared; the dataset records it, so "
                                    "training, evaluation and export follow it."),
-    "dataset": Param(None, type=["null", "string"], pattern="^[A-Za-z0-9_.-]+$",
+    "dataset": Param(None, type=["null", "string"], pattern=FOLDER_NAME,
                      description="Folder under the storage root holding this dataset's raw/, examples/, runs/ "
-                                 "and quarantine/. Empty: the storage root itself."),
-    "model_name": Param(None, type=["null", "string"], pattern="^[A-Za-z0-9_.-]+$",
-                        description="Name the model is published under (serving/<model_name>/<version>). Empty: "
-                                    "the tfhub_pipeline Variable's model_name."),
+                                 "and quarantine/ (letters, digits, _ . -, not starting with a dot). Empty: the "
+                                 "storage root itself."),
+    "model_name": Param(None, type=["null", "string"], pattern=FOLDER_NAME,
+                        description="Name the model is published under (serving/<model_name>/<version>; letters, "
+                                    "digits, _ . -, not starting with a dot). Empty: the tfhub_pipeline Variable's "
+                                    "model_name."),
     "layout": Param("manifest", type="string", enum=["manifest", "folders", "parquet", "csv"],
                     description="How the raw partition is laid out: files plus a labels manifest (labels.csv or "
                                 ".parquet), one folder per class, Parquet rows with the image bytes or the text, "
@@ -124,13 +130,14 @@ def tfhub_finetune():
         webhdfs_conn_id=WEBHDFS_CONN_ID,
         deferrable=SENSOR_DEFERRABLE,  # waits in the triggerer; otherwise frees its slot between pokes
         mode="reschedule",
-        poke_interval=60,
+        poke_interval=PARTITION_POKE_INTERVAL,
         timeout=12 * 3600,
     )
     prepare_examples = PipelineSparkSubmitOperator(
         task_id="prepare_examples",
         job="prepare_examples",
         conn_id=SPARK_CONN_ID,
+        webhdfs_conn_id=WEBHDFS_CONN_ID,
         job_args={"--raw": RAW, "--output": EXAMPLES, "--min-shards": "{{ params.num_workers * 2 }}",
                   "--task-type": "{{ params.task_type }}", "--layout": "{{ params.layout }}", "--max-bad-fraction": "{{ params.max_bad_fraction }}",
                   "--new-label-policy": "{{ params.new_label_policy }}",
@@ -140,6 +147,7 @@ def tfhub_finetune():
     finetune = TfHubFinetuneOperator(
         task_id="finetune",
         conn_id=SPARK_CONN_ID,
+        webhdfs_conn_id=WEBHDFS_CONN_ID,
         pool=TRAINING_POOL,
         examples=EXAMPLES,
         run_dir=RUN_DIR,
@@ -160,6 +168,7 @@ def tfhub_finetune():
         task_id="evaluate",
         job="evaluate",
         conn_id=SPARK_CONN_ID,
+        webhdfs_conn_id=WEBHDFS_CONN_ID,
         job_args={"--examples": EXAMPLES, "--run-dir": RUN_DIR, "--serving-root": f"{ROOT}/serving",
                   "--model-name": MODEL_NAME, "--min-accuracy": "{{ params.min_accuracy }}",
                   "--min-class-recall": "{{ params.min_class_recall }}",

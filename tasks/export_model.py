@@ -78,8 +78,11 @@ def parse_args(argv: list[str]) -> Config:
     a = p.parse_args(argv)
     if a.version <= 0:
         p.error(f"--version must be a positive integer, got {a.version}")
-    if not a.model_name or "/" in a.model_name or a.model_name.startswith("."):
-        p.error(f"--model-name {a.model_name!r} must be a plain folder name")
+    for problem in [storage.check_name(a.model_name, "--model-name")] + [
+            storage.check_segments(getattr(a, k), f"--{k.replace('_', '-')}")
+            for k in ("run_dir", "examples", "serving_root")]:
+        if problem:
+            p.error(problem)
     return Config(run_dir=a.run_dir, examples=a.examples, serving_root=a.serving_root, model_name=a.model_name,
                   version=a.version)
 
@@ -247,7 +250,9 @@ def _run(cfg: Config, scratch: Path) -> str:
             raise RuntimeError("exported class names do not match the label vocabulary")
         provenance = {"run_dir": cfg.run_dir, "examples": cfg.examples, "partition": manifest["partition"],
                       "hub_module": history["hub_module"], "labels": labels, "version": cfg.version,
-                      "task_type": kind.task_type}
+                      "task_type": kind.task_type,
+                      # What batch scoring compares its predicted distribution with (tasks.scoring).
+                      "train_label_counts": manifest["label_counts"]["train"]}
         metrics_url = storage.join(cfg.run_dir, "metrics.json")
         if storage.exists(metrics_url):
             m = json.loads(storage.read_text(metrics_url))
@@ -285,6 +290,7 @@ def _run(cfg: Config, scratch: Path) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     runtime.setup_logging()
+    tfrecord.require_fast_crc32c()  # before any work: the slow fallback would turn minutes into hours
     cfg = parse_args(sys.argv[1:] if argv is None else argv)
     log.info("config:\n%s", runtime.config_json(cfg))
     print(run(cfg))

@@ -15,11 +15,11 @@ Pre-flight (fails in well under a minute with what to change):
 - the application has ``num_workers`` task slots (executor cores / ``spark.task.cpus``, as Spark counts them for
   barrier stages), waiting up to ``slots_wait_s`` for executors to register.
 
-Surviving a lost worker: the chief checkpoints with ``BackupAndRestore`` every ``checkpoint_every_steps`` steps
-into ``<run_dir>/checkpoints`` (on ``hdfs://``: locally, then copied up after each save; every worker fetches it
-back before a restart). A failed barrier stage is not retried by Spark ("Could not recover from a failed barrier
-ResultStage"), so the driver catches the failed job and relaunches the stage, up to ``max_restarts`` times; Keras
-resumes from the checkpoint's epoch and step. Failures reach the driver in bounded time:
+Surviving a lost worker: the chief checkpoints with ``BackupAndRestore`` every ``checkpoint_every_steps`` steps,
+locally, and commits each checkpoint to ``<run_dir>/checkpoints`` as a new version, its pointer written last
+(``TrainingStore``); every worker fetches the last committed one before a restart. A failed barrier stage is not
+retried by Spark ("Could not recover from a failed barrier ResultStage"), so the driver catches the failed job and
+relaunches the stage, up to ``max_restarts`` times; Keras resumes from the checkpoint's epoch and step. Failures reach the driver in bounded time:
 
 - a worker process that dies: Spark fails its task at once (the executor reads EOF) and kills the others;
 - a worker that freezes in training: TensorFlow's coordination service misses its heartbeats and fails its peers'
@@ -155,6 +155,10 @@ def parse_args(argv: list[str]) -> Config:
         p.error(f"--stall-timeout-s must be at least 10 seconds, got {cfg.stall_timeout_s}")
     if cfg.slots_wait_s < 0:
         p.error(f"--slots-wait-s must be at least 0, got {cfg.slots_wait_s}")
+    for name in ("examples", "run_dir", "storage_root"):
+        problem = storage.check_segments(getattr(cfg, name), f"--{name.replace('_', '-')}")
+        if problem:
+            p.error(problem)
     return cfg
 
 
@@ -190,21 +194,79 @@ def check_training_data(examples: str, manifest: dict) -> None:
 def assign_files(files: list[dict], num_workers: int) -> list[list[str]]:
     """Splits shard files between workers so each reads different files, balancing record counts.
 
+    Largest files first, each to the worker with the fewest records so far; then, while it narrows the gap between
+    the most and the least loaded workers, one file moves from the first to the second, or two files swap. Every
+    move or swap lowers the sum of squared loads, so this ends; it reaches the even split whenever one move or swap
+    at a time can, which the greedy pass alone misses (30, 30, 20, 20, 20 records over 2 workers: 70/50, then 60/60).
+
     Raises:
         FinetuneError: when some worker would get no records at all (fewer non-empty files than workers).
     """
-    shares: list[list[str]] = [[] for _ in range(num_workers)]
+    shares: list[list[dict]] = [[] for _ in range(num_workers)]
     loads = [0] * num_workers
     for f in sorted(files, key=lambda f: (-f["records"], f["name"])):
         i = loads.index(min(loads))
-        shares[i].append(f["name"])
+        shares[i].append(f)
         loads[i] += f["records"]
+    while num_workers > 1:
+        hi, lo = loads.index(max(loads)), loads.index(min(loads))
+        gap = loads[hi] - loads[lo]
+        # (records moved from hi to lo, the file leaving hi, the file leaving lo or None); 0 < moved < gap narrows it.
+        options = [(f["records"], f, None) for f in shares[hi]]
+        options += [(f["records"] - g["records"], f, g) for f in shares[hi] for g in shares[lo]]
+        best = min((o for o in options if 0 < o[0] < gap), key=lambda o: (abs(gap - 2 * o[0]), o[1]["name"]),
+                   default=None)
+        if best is None:
+            break
+        moved, f, g = best
+        shares[hi].remove(f)
+        shares[lo].append(f)
+        if g is not None:
+            shares[lo].remove(g)
+            shares[hi].append(g)
+        loads[hi] -= moved
+        loads[lo] += moved
     if min(loads) == 0:
         raise FinetuneError(
             f"{num_workers} workers but only {sum(1 for f in files if f['records'])} non-empty training files: "
             "re-run prepare_examples with --min-shards at least num_workers"
         )
-    return [sorted(s) for s in shares]
+    return [sorted(f["name"] for f in s) for s in shares]
+
+
+SAMPLING_SKEW_WARNING = 1.1
+"""Worst-to-best ratio of the workers' sampling rates above which the driver warns about the split."""
+
+
+def sampling_rates(files: list[dict], shares: list[list[str]], global_batch: int) -> dict:
+    """How often a training record is drawn per epoch, on average, on each worker.
+
+    Every worker runs the same steps (``steps_per_epoch`` of the global count) with the same per-worker batch over
+    its own files, repeating them; so a worker with fewer records draws each of them more often. Equal when the
+    split is even; ``log_sampling`` reports it.
+
+    Returns:
+        ``records`` (per worker), ``draws_per_epoch`` (records each worker draws per epoch) and ``rates`` (draws per
+        record per epoch, per worker).
+    """
+    count = {f["name"]: f["records"] for f in files}
+    records = [sum(count[name] for name in share) for share in shares]
+    draws = steps_per_epoch(sum(count.values()), global_batch) * (global_batch // len(shares))
+    return {"records": records, "draws_per_epoch": draws, "rates": [round(draws / max(r, 1), 4) for r in records]}
+
+
+def log_sampling(sampling: dict) -> None:
+    """Logs the workers' sampling rates; a warning naming the rates when the split leaves them uneven."""
+    rates, records = sampling["rates"], sampling["records"]
+    per_worker = ", ".join(f"worker {i}: {n} records, {r:.2f}" for i, (n, r) in enumerate(zip(records, rates)))
+    if max(rates) > SAMPLING_SKEW_WARNING * min(rates):
+        hi, lo = rates.index(max(rates)), rates.index(min(rates))
+        log.warning("the training files cannot be split evenly between the workers, and each worker draws %d "
+                    "records per epoch from its own: a record is drawn this often per epoch (%s); one on worker %d "
+                    "%.1f times as often as one on worker %d. Re-run prepare_examples with more --min-shards for an "
+                    "even split", sampling["draws_per_epoch"], per_worker, hi, rates[hi] / rates[lo], lo)
+    else:
+        log.info("training records per worker and draws per record per epoch: %s", per_worker)
 
 
 def steps_per_epoch(num_train: int, global_batch: int) -> int:
@@ -382,35 +444,75 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+CHECKPOINT_VERSION = re.compile(r"v(\d{6})")
+"""A committed checkpoint's folder under ``<run_dir>/checkpoints/``: ``v000001``, ``v000002``..."""
+CHECKPOINT_POINTER = re.compile(r"progress-(\d{6})\.json")
+"""Its pointer (the commit), written after the folder is complete: ``progress-000001.json``..."""
+
+PUSH_STEPS = ("copied", "uploaded", "committed", "pruned")
+"""The steps of ``TrainingStore.push``, in order, each reported to its ``on_push_step`` hook once done."""
+
+
 class TrainingStore:
     """A worker's view of the run's checkpoints and TensorBoard logs.
 
-    On ``file://`` the folders are the storage folders themselves (shared by every host). On ``hdfs://`` they are
-    local: the chief copies them up after each checkpoint (``push``), and ``pull`` brings the last copy down
-    before training, so a relaunched stage resumes from it.
+    Keras's ``BackupAndRestore`` writes and reads checkpoints in a local folder (``checkpoints``). After each save
+    the chief publishes it under ``<run_dir>/checkpoints/`` as a new commit N (``push``):
+
+    1. copied: the checkpoint is copied aside locally (Keras may write the next one meanwhile);
+    2. uploaded: the copy is put in place as ``vNNNNNN/`` (uploaded under a hidden name, then renamed in);
+    3. committed: the pointer ``progress-NNNNNN.json`` (epoch, step, global step, attempt, version) is written
+       under a name that did not exist, in one rename: the checkpoint now counts;
+    4. pruned: older commits, and whatever a chief that died in an earlier push left, are deleted.
+
+    The committed checkpoint is the one of the highest-numbered pointer (``read_progress``). A chief that dies at
+    any point leaves the previous commit complete and in place until the next one is committed, so ``pull``, which
+    every worker of a relaunched stage runs before training, brings down the last committed checkpoint, never a
+    partial one. One pointer per commit, not one ``progress.json`` rewritten: HDFS cannot rename onto an existing
+    file, so rewriting one would mean deleting it first, and a chief dying in between would leave no pointer.
+
+    On ``file://`` and on ``hdfs://`` alike; TensorBoard logs are the storage folder itself on ``file://`` (written
+    by the chief only), local and copied up after each checkpoint on ``hdfs://``.
+
+    Args:
+        run_dir: the run's folder (a storage URL).
+        scratch: this task's local folder.
+        rank: this worker's rank; 0 is the chief.
+        on_push_step: called with each step's name (``PUSH_STEPS``) once ``push`` has done it; a test kills the
+            chief there.
     """
 
-    def __init__(self, run_dir: str, scratch: Path, rank: int) -> None:
+    def __init__(self, run_dir: str, scratch: Path, rank: int, on_push_step=None) -> None:
         self.checkpoints_url = storage.join(run_dir, "checkpoints")
         self.tensorboard_url = storage.join(run_dir, "tensorboard")
         self.remote = storage.scheme(run_dir) == "hdfs"
         self.chief = rank == 0
+        self.on_push_step = on_push_step
+        self.checkpoints = scratch / "checkpoints"
         if self.remote:
-            self.checkpoints = scratch / "checkpoints"
             self.tensorboard = scratch / "tensorboard"
         else:
-            self.checkpoints = storage.local_path(self.checkpoints_url)
             self.tensorboard = storage.local_path(self.tensorboard_url)  # written by the chief only
         self.checkpoints.mkdir(parents=True, exist_ok=True)
 
     def pull(self) -> dict | None:
-        """Brings the last checkpoint (and the chief's TensorBoard logs) down; returns its progress record."""
-        if self.remote:
-            if storage.exists(storage.join(self.checkpoints_url, "chief")):
-                storage.fetch(storage.join(self.checkpoints_url, "chief"), self.checkpoints)
-            if self.chief and storage.exists(self.tensorboard_url):
-                storage.fetch(self.tensorboard_url, self.tensorboard.parent)
-        return read_progress(self.checkpoints_url)
+        """Brings the last committed checkpoint (and the chief's TensorBoard logs) down into the local folder
+        Keras restores from; returns its progress record, or None when there is none yet."""
+        progress = read_progress(self.checkpoints_url)
+        if progress is not None:
+            url = storage.join(self.checkpoints_url, f"v{progress['version']:06d}")
+            if not storage.exists(url):
+                raise FinetuneError(f"checkpoint pointer progress-{progress['version']:06d}.json in "
+                                    f"{self.checkpoints_url} names {url}, which is missing")
+            local = self.checkpoints / "chief"
+            shutil.rmtree(local, ignore_errors=True)
+            if self.remote:
+                storage.fetch(url, self.checkpoints).rename(local)
+            else:
+                shutil.copytree(storage.fetch(url, self.checkpoints), local)
+        if self.remote and self.chief and storage.exists(self.tensorboard_url):
+            storage.fetch(self.tensorboard_url, self.tensorboard.parent)
+        return progress
 
     def history(self) -> list[dict]:
         url = storage.join(self.checkpoints_url, "history.json")
@@ -419,19 +521,39 @@ class TrainingStore:
     def save_history(self, rows: list[dict]) -> None:
         storage.write_text_atomic(storage.join(self.checkpoints_url, "history.json"), json.dumps(rows))
 
-    def push(self, progress: dict) -> None:
-        """After a checkpoint (chief only): copies it and the TensorBoard logs up, then records the progress."""
+    def _done(self, step: str) -> None:
+        if self.on_push_step is not None:
+            self.on_push_step(step)
+
+    def push(self, progress: dict) -> dict:
+        """After a checkpoint (chief only): commits it as the next version (see the class), then copies the
+        TensorBoard logs up; returns the committed progress record (``progress`` with its ``version``)."""
         t0 = time.time()
-        if self.remote:
-            for local, url in ((self.checkpoints / "chief", storage.join(self.checkpoints_url, "chief")),
-                               (self.tensorboard, self.tensorboard_url)):
-                if local.exists():
-                    copy = Path(tempfile.mkdtemp(prefix="push-", dir=local.parent))
-                    shutil.copytree(local, copy, dirs_exist_ok=True)
-                    storage.publish_dir(copy, url)
-        storage.write_text_atomic(storage.join(self.checkpoints_url, "progress.json"), json.dumps(progress))
+        local = self.checkpoints / "chief"
+        if not (local / "checkpoint").exists():
+            raise FinetuneError(f"worker 0: no checkpoint in {local} to push (Keras wrote none)")
+        names = storage.list_names(self.checkpoints_url)
+        version = 1 + max((int(m.group(1)) for n in names if (m := CHECKPOINT_POINTER.fullmatch(n))), default=0)
+        url = storage.join(self.checkpoints_url, f"v{version:06d}")
+        staging = storage.output_staging(url)
+        shutil.copytree(local, staging, dirs_exist_ok=True)
+        self._done("copied")
+        storage.publish_dir(staging, url)  # replaces what a chief that died before committing left there
+        self._done("uploaded")
+        record = {**progress, "version": version}
+        storage.write_text_atomic(storage.join(self.checkpoints_url, f"progress-{version:06d}.json"),
+                                  json.dumps(record))
+        self._done("committed")
+        for name in names:
+            m = CHECKPOINT_POINTER.fullmatch(name) or CHECKPOINT_VERSION.fullmatch(name)
+            # Older commits, then leftovers of pushes that died: hidden staging, aside and temporary copies.
+            if (m and int(m.group(1)) < version) or name.startswith((".v", ".progress-")):
+                storage.remove(storage.join(self.checkpoints_url, name))
+        self._done("pruned")
+        self.push_tensorboard()
         log.info("worker 0 checkpoint at epoch %d step %d (global step %d) saved to %s in %.2fs",
-                 progress["epoch"], progress["step"], progress["global_step"], self.checkpoints_url, time.time() - t0)
+                 progress["epoch"], progress["step"], progress["global_step"], url, time.time() - t0)
+        return record
 
     def push_tensorboard(self) -> None:
         if self.remote and self.tensorboard.exists():
@@ -441,9 +563,18 @@ class TrainingStore:
 
 
 def read_progress(checkpoints_url: str) -> dict | None:
-    """The progress record of the last checkpoint (epoch and step, 1-based epoch), or None without one."""
-    url = storage.join(checkpoints_url, "progress.json")
-    return json.loads(storage.read_text(url)) if storage.exists(url) else None
+    """The progress record of the last committed checkpoint (1-based epoch, step, global step, version): the
+    highest-numbered pointer; None without one."""
+    names = storage.list_names(checkpoints_url)
+    versions = [int(m.group(1)) for n in names if (m := CHECKPOINT_POINTER.fullmatch(n))]
+    if not versions:
+        return None
+    url = storage.join(checkpoints_url, f"progress-{max(versions):06d}.json")
+    try:
+        return json.loads(storage.read_text(url))
+    except ValueError as e:
+        raise FinetuneError(f"checkpoint pointer {url} is unreadable ({e}); delete {checkpoints_url} to restart "
+                            "the run from the start") from None
 
 
 def train_worker(spec: WorkerSpec, rank: int, cpus: int, host: str, all_gather, relay: logrelay.RelayClient,
@@ -503,18 +634,18 @@ def train_worker(spec: WorkerSpec, rank: int, cpus: int, host: str, all_gather, 
         return M.make_dataset(train_files, spec.image_size, ctx.get_per_replica_batch_size(cfg.batch_size),
                               training=True, seed=cfg.seed + rank, threads=cpus, task_type=spec.task_type)
 
-    # Each worker validates a share of the eval records (every n-th record), not all of them; repeated, so every
-    # worker runs the same eval_steps whatever its share. Too few records to share: every worker reads them all.
-    eval_shard = (n, rank) if manifest["counts"]["eval"] >= n else None
+    # Each worker validates its share of the eval records (every n-th, all workers reading them in one order), each
+    # record once per epoch: its share's batches, then empty batches up to the steps of the largest share.
+    largest_share = -(-manifest["counts"]["eval"] // n)  # worker 0's
+    eval_steps = max(1, -(-largest_share // (cfg.batch_size // n)))
 
     def eval_fn(ctx):
         ds = M.make_dataset(eval_files, spec.image_size, ctx.get_per_replica_batch_size(cfg.batch_size),
-                            training=False, threads=cpus, shard=eval_shard, task_type=spec.task_type)
-        return ds.repeat()
+                            training=False, threads=cpus, shard=(n, rank), task_type=spec.task_type)
+        return M.padded_passes(ds, eval_steps)
 
     options = tf.distribute.InputOptions(experimental_fetch_to_device=False)
     train_ds = strategy.distribute_datasets_from_function(train_fn, options)
-    eval_steps = max(1, -(-manifest["counts"]["eval"] // cfg.batch_size)) if eval_files else None
     eval_ds = strategy.distribute_datasets_from_function(eval_fn, options) if eval_files else None
 
     with strategy.scope():
@@ -545,7 +676,7 @@ def train_worker(spec: WorkerSpec, rank: int, cpus: int, host: str, all_gather, 
             store.save_history(logger.history)
 
     callbacks = [M.BackupAndRestoreHook(str(store.checkpoints), save_freq=cfg.checkpoint_every_steps,
-                                        after_backup=after_backup), logger]
+                                        after_backup=after_backup), M.ValidationExamples(), logger]
     if rank == 0:
         callbacks += [EpochHistory(), M.EpochSummaries(str(store.tensorboard))]
     t_fit = time.time()
@@ -694,10 +825,11 @@ def run_barrier_stage(sc, cfg: Config, spec_for, relay: logrelay.RelayServer, gr
                                          f"{cfg.max_restarts}); last failure: {reason}") from None
             progress = read_progress(ckpt_url)
             if progress:
-                record["next_resumes_from"] = {k: progress[k] for k in ("epoch", "step", "global_step")}
+                record["next_resumes_from"] = {k: progress[k] for k in ("epoch", "step", "global_step", "version")}
                 log.warning("restart %d of %d: relaunching the barrier stage; it resumes from the checkpoint at "
-                            "epoch %d step %d (global step %d)", attempt + 1, cfg.max_restarts, progress["epoch"],
-                            progress["step"], progress["global_step"])
+                            "epoch %d step %d (global step %d), committed as version %d", attempt + 1,
+                            cfg.max_restarts, progress["epoch"], progress["step"], progress["global_step"],
+                            progress["version"])
             else:
                 log.warning("restart %d of %d: relaunching the barrier stage from the start (no checkpoint yet)",
                             attempt + 1, cfg.max_restarts)
@@ -719,7 +851,9 @@ def run(cfg: Config, spark=None) -> dict:
     t0 = time.time()
     manifest = load_manifest(cfg.examples)
     check_training_data(cfg.examples, manifest)
-    assign_files(manifest["files"]["train"], cfg.num_workers)  # fail before launching if it cannot work
+    shares = assign_files(manifest["files"]["train"], cfg.num_workers)  # fail before launching if it cannot work
+    sampling = sampling_rates(manifest["files"]["train"], shares, cfg.batch_size)
+    log_sampling(sampling)
     kind = modality.of_manifest(manifest)
     module_url = hub_module.locate(cfg.hub_module, cfg.storage_root)
     hub_module.check_kind(module_url, kind.module_kind, kind.task_type)
@@ -769,7 +903,8 @@ def run(cfg: Config, spark=None) -> dict:
                "task_type": kind.task_type, "image_size": list(image_size) if image_size else None,
                "labels": manifest["labels"], "hub_module": cfg.hub_module,
                "hub_module_url": module_url, "worker_files": {r["rank"]: r["files"] for r in results},
-               "restarts": len(attempts) - 1, "attempts": attempts, "resumed_from": chief["resumed_from"],
+               "sampling": sampling, "restarts": len(attempts) - 1, "attempts": attempts,
+               "resumed_from": chief["resumed_from"],
                "timeline": timeline}
     storage.write_text_atomic(storage.join(cfg.run_dir, "history.json"), json.dumps(history, indent=2))
     if chief["history"]:

@@ -90,12 +90,14 @@ class RelayServer:
         on_stall: called once per attempt, from the watchdog thread, with a description of the stall.
         poll_s: how often the watchdog looks.
         bind_host: the local address to listen on, when it is not ``host`` (``spark.driver.bindAddress``).
+        clock: the time source of ``last_seen`` and of the stall check (a test drives it by hand).
     """
 
     def __init__(self, host: str, token: str, stall_timeout_s: float,
                  on_stall: Callable[[str], None] | None = None, poll_s: float = 1.0,
-                 bind_host: str | None = None) -> None:
+                 bind_host: str | None = None, clock: Callable[[], float] = time.time) -> None:
         self.token = token
+        self._clock = clock
         self.stall_timeout_s = stall_timeout_s
         self.on_stall = on_stall
         self.poll_s = poll_s
@@ -138,7 +140,7 @@ class RelayServer:
         """Starts watching a new launch of the barrier stage; messages of older attempts are still logged."""
         with self._lock:
             self._attempt = attempt
-            self._attempt_started = time.time()
+            self._attempt_started = self._clock()
             self._stalled = None
 
     def end_attempt(self) -> None:
@@ -161,7 +163,7 @@ class RelayServer:
         rank, attempt, kind = int(msg.get("rank", -1)), int(msg.get("attempt", -1)), msg.get("t")
         with self._lock:
             w = self._workers.setdefault((attempt, rank), WorkerState(rank=rank, attempt=attempt))
-            w.last_seen = time.time()
+            w.last_seen = self._clock()
             if kind == "hello":
                 w.host, w.pid = str(msg.get("host", "")), int(msg.get("pid", 0))
             elif kind == "beat":
@@ -187,26 +189,33 @@ class RelayServer:
 
     def _watch(self) -> None:
         while not self._stop.wait(self.poll_s):
-            with self._lock:
-                if self._attempt < 0 or self._stalled is not None:
-                    continue
-                now = time.time()
-                current = [w for (a, _), w in self._workers.items() if a == self._attempt]
-                silent = [w for w in current if w.failure is None and now - w.last_seen > self.stall_timeout_s]
-                if not current and now - self._attempt_started > self.stall_timeout_s:
-                    reason = (f"no worker of attempt {self._attempt} started within {self.stall_timeout_s:g}s "
-                              "(are the barrier tasks waiting for executors?)")
-                elif silent:
-                    reason = "; ".join(
-                        f"worker {w.rank} ({w.host} pid {w.pid}) silent for {now - w.last_seen:.0f}s in phase "
-                        f"{w.phase} at epoch {w.epoch} step {w.step}" for w in sorted(silent, key=lambda w: w.rank))
-                else:
-                    continue
-                self._stalled = reason
-            log.error("watchdog: attempt %d stalled: %s (stall_timeout_s=%.0f)", self._attempt, reason,
-                      self.stall_timeout_s)
-            if self.on_stall is not None:
-                self.on_stall(reason)
+            self.check_stalls()
+
+    def check_stalls(self) -> str | None:
+        """One look of the watchdog (it runs every ``poll_s``): declares the current attempt stalled, once, when a
+        worker was silent (or no worker started) for longer than ``stall_timeout_s`` by ``clock``; calls
+        ``on_stall``. Returns the stall's description when this look declared it."""
+        with self._lock:
+            if self._attempt < 0 or self._stalled is not None:
+                return None
+            now = self._clock()
+            current = [w for (a, _), w in self._workers.items() if a == self._attempt]
+            silent = [w for w in current if w.failure is None and now - w.last_seen > self.stall_timeout_s]
+            if not current and now - self._attempt_started > self.stall_timeout_s:
+                reason = (f"no worker of attempt {self._attempt} started within {self.stall_timeout_s:g}s "
+                          "(are the barrier tasks waiting for executors?)")
+            elif silent:
+                reason = "; ".join(
+                    f"worker {w.rank} ({w.host} pid {w.pid}) silent for {now - w.last_seen:.0f}s in phase "
+                    f"{w.phase} at epoch {w.epoch} step {w.step}" for w in sorted(silent, key=lambda w: w.rank))
+            else:
+                return None
+            self._stalled = reason
+            attempt = self._attempt
+        log.error("watchdog: attempt %d stalled: %s (stall_timeout_s=%.0f)", attempt, reason, self.stall_timeout_s)
+        if self.on_stall is not None:
+            self.on_stall(reason)
+        return reason
 
 
 class RelayClient:

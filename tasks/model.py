@@ -130,6 +130,19 @@ def make_dataset(files: list[str], image_size: tuple[int, int] | None, batch_siz
     return ds
 
 
+def padded_passes(ds: tf.data.Dataset, batches: int) -> tf.data.Dataset:
+    """Repeats one pass over a finite batched dataset as passes of exactly ``batches`` batches: the pass's own
+    batches, then empty ones (batch size 0) up to that count; a longer pass is cut there.
+
+    For a validation pass split between workers: Keras runs the same ``validation_steps`` on every worker and keeps
+    one iterator over a distributed dataset for all epochs, so each worker's share must fill exactly that many
+    steps per epoch. Repeating a smaller share to fill them would score some records twice; an empty batch adds
+    nothing to the loss or the metrics.
+    """
+    empty = tf.nest.map_structure(lambda spec: tf.zeros([0, *spec.shape[1:]], spec.dtype), ds.element_spec)
+    return ds.concatenate(tf.data.Dataset.from_tensors(empty).repeat()).take(batches).repeat()
+
+
 class ProgressLogger(tf.keras.callbacks.Callback):
     """Logs epoch, step, loss, accuracy and examples/s to the job log (and so to the Airflow task log).
 
@@ -306,6 +319,25 @@ class EpochSummaries(tf.keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         for writer in self._writers.values():
             writer.close()
+
+
+class ValidationExamples(tf.keras.callbacks.Callback):
+    """Adds ``val_examples`` to an epoch's logs: how many examples its validation pass scored, over all workers.
+
+    That is the count of Keras's ``loss`` metric, which weighs each batch by its size; under a distribution
+    strategy reading it sums the replicas' counts. Place it before the callbacks that record the epoch's logs.
+    """
+
+    def on_test_begin(self, logs=None):
+        self.count = None
+
+    def on_test_end(self, logs=None):
+        loss = next(m for m in self.model.metrics if m.name == "loss")
+        self.count = int(round(float(loss.count.numpy())))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and getattr(self, "count", None) is not None:
+            logs["val_examples"] = self.count
 
 
 class BackupAndRestoreHook(tf.keras.callbacks.BackupAndRestore):

@@ -6,6 +6,7 @@ drift), never of the run, so a rerun writes the same ``stats.json``.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from typing import Iterable
@@ -47,14 +48,39 @@ def total_variation(p: dict[str, int], q: dict[str, int]) -> float:
     return 0.5 * sum(abs(p.get(k, 0) / np_ - q.get(k, 0) / nq) for k in set(p) | set(q))
 
 
-def label_drift(current: dict[str, int], previous_stats: dict | None, previous_name: str, threshold: float) -> dict:
+def read_previous(data: bytes, url: str) -> tuple[dict | None, str | None]:
+    """The previous partition's ``stats.json`` from its bytes, or why it cannot be used.
+
+    Returns:
+        ``(stats, None)``, or ``(None, reason)`` when the file is not UTF-8 JSON holding an object whose ``labels``
+        maps label names to counts; the reason names ``url``.
+    """
+    try:
+        stats = json.loads(data.decode("utf-8"))
+    except ValueError as e:  # UnicodeDecodeError and JSONDecodeError alike
+        return None, f"previous statistics {url} are unreadable: not UTF-8 JSON ({e})"
+    labels = stats.get("labels") if isinstance(stats, dict) else None
+    if not isinstance(labels, dict) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                               for v in labels.values()):
+        found = f"keys {', '.join(sorted(stats)) or 'none'}" if isinstance(stats, dict) else type(stats).__name__
+        return None, f"previous statistics {url} are unreadable: no 'labels' object of label counts in it ({found})"
+    return stats, None
+
+
+def label_drift(current: dict[str, int], previous_stats: dict | None, previous_name: str, threshold: float,
+                unreadable: str | None = None) -> dict:
     """How far the label distribution moved from the previous partition's.
+
+    Args:
+        unreadable: why the previous statistics exist but could not be read (``read_previous``), if so.
 
     Returns:
         ``{"previous", "total_variation", "threshold", "moved"}``; ``{"previous": None, "note"}`` when there are
-        no previous statistics to compare with.
+        no previous statistics to compare with, the note saying whether they are missing or unreadable (and where).
     """
     if previous_stats is None:
+        if unreadable:
+            return {"previous": None, "note": unreadable, "unreadable": True}
         return {"previous": None, "note": f"no statistics of a previous partition ({previous_name}) to compare with"}
     before = previous_stats["labels"]
     tv = total_variation(current, before)
@@ -98,7 +124,7 @@ def log_summary(stats: dict, manifest: dict, quarantine: str) -> None:
         log.warning("labels not in the vocabulary, their records quarantined: %s", ", ".join(stats["unknown_labels"]))
     drift = stats["label_drift"]
     if drift["previous"] is None:
-        log.info("label drift not checked: %s", drift["note"])
+        (log.warning if drift.get("unreadable") else log.info)("label drift not checked: %s", drift["note"])
     elif drift["moved"]:
         log.warning("label distribution moved far from %s's: total variation distance %.3f > %.3f "
                     "(now %s, before %s)", drift["previous"], drift["total_variation"], drift["threshold"],

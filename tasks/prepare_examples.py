@@ -60,7 +60,8 @@ import threading
 import time
 from collections import Counter
 
-from tasks import image_check, layouts, modality, prep_stats, prep_tasks, runtime, schema, storage, vocabulary
+from tasks import (image_check, layouts, modality, prep_stats, prep_tasks, runtime, schema, storage, tfrecord,
+                   vocabulary)
 from tasks.layouts import PrepError
 
 log = logging.getLogger("prepare_examples")
@@ -176,6 +177,10 @@ def parse_args(argv: list[str]) -> Config:
     for name in ("max_bad_fraction", "drift_threshold"):
         if not 0 <= getattr(a, name) <= 1:
             p.error(f"--{name.replace('_', '-')} must be within [0, 1], got {getattr(a, name)}")
+    for k in ("raw", "output", "vocabulary", "quarantine", "previous_stats"):
+        problem = storage.check_segments(getattr(a, k), f"--{k.replace('_', '-')}")
+        if problem:
+            p.error(problem)
     declared = tuple(x.strip() for x in a.labels.split(",") if x.strip())
     return Config(raw=a.raw, output=a.output, task_type=a.task_type, layout=a.layout, labels_file=a.labels_file,
                   id_column=a.id_column, label_column=a.label_column, image_column=a.image_column,
@@ -413,12 +418,11 @@ def check_bad_fraction(cfg: Config, bad: list[tuple], total: int, quarantine: st
 def build_stats(cfg: Config, partition: str, plan: Plan, results: list[dict], bad: list[tuple],
                 label_totals: dict[str, int]) -> dict:
     previous_url, previous_name = previous_stats_url(cfg)
-    previous = None
+    previous, unreadable = None, None
     if previous_url is not None and storage.exists(previous_url):
-        try:
-            previous = json.loads(storage.read_text(previous_url))
-        except ValueError as e:  # a broken file of another day must not fail this one: say so and go on
-            log.warning("previous statistics %s are not valid JSON (%s): label drift not checked", previous_url, e)
+        # A broken file of another day must not fail this one: stats.json and the log (a warning, from
+        # prep_stats.log_summary) say that it is unreadable, and where.
+        previous, unreadable = prep_stats.read_previous(storage.read_bytes(previous_url), previous_url)
     valid = sum(r["records"] for r in results)
     kind = modality.of(cfg.task_type)
     return {
@@ -438,7 +442,8 @@ def build_stats(cfg: Config, partition: str, plan: Plan, results: list[dict], ba
                               for name in h["added"]}),
         "unknown_labels": plan.unknown_labels,
         "label_drift": prep_stats.label_drift(label_totals, previous, previous_name if previous is None
-                                              else previous.get("partition", previous_name), cfg.drift_threshold),
+                                              else previous.get("partition", previous_name), cfg.drift_threshold,
+                                              unreadable=unreadable),
     }
 
 
@@ -571,6 +576,7 @@ def _write(cfg: Config, spark, raw: layouts.RawPartition, plan: Plan, current: v
 
 def main(argv: list[str] | None = None) -> None:
     runtime.setup_logging()
+    tfrecord.require_fast_crc32c()  # before any work: the slow fallback would turn minutes into hours
     cfg = parse_args(sys.argv[1:] if argv is None else argv)
     log.info("config:\n%s", runtime.config_json(cfg))
     run(cfg)

@@ -23,14 +23,19 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import logging
 import os
+import re
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlparse
+
+log = logging.getLogger("storage")
 
 
 class StorageError(RuntimeError):
@@ -43,6 +48,32 @@ def join(base: str, *parts: str) -> str:
     for p in parts:
         out += "/" + p.strip("/")
     return out
+
+
+def check_segments(url: str, arg: str) -> str | None:
+    """Why ``url`` may not be used as the value of the argument ``arg``, or None when it may: a path segment of
+    ``.`` or ``..`` would put the stage's reads and writes somewhere else than the URL seems to say (outside the
+    storage root, for ``<root>/../raw``) on ``file://``, and HDFS refuses such names with a less helpful error."""
+    path = urlparse(url).path if "://" in url else url
+    bad = sorted({seg for seg in path.split("/") if seg in (".", "..")})
+    if bad:
+        return (f"{arg} {url!r} has a {' and a '.join(repr(b) for b in bad)} path segment; storage URLs name their "
+                "folders plainly (a dataset or model_name of '.' or '..' would step out of the storage root)")
+    return None
+
+
+# The DAG's Param schema for dataset and model_name says the same (tests/dags/test_params_paths.py checks that they
+# agree): letters, digits, _ . -, not starting with a dot.
+FOLDER_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
+
+
+def check_name(name: str, arg: str) -> str | None:
+    """Why ``name`` may not be used as the single folder name ``arg`` (a model name), or None when it may: letters,
+    digits, ``_ . -``, not starting with ``.`` (``.`` and ``..`` step out of the folder; other dot names are hidden,
+    and the storage helpers keep hidden names for their own work folders)."""
+    if not FOLDER_NAME.fullmatch(name):
+        return f"{arg} {name!r} must be a plain folder name: letters, digits, _ . -, not starting with '.'"
+    return None
 
 
 def is_remote(url: str) -> bool:
@@ -232,7 +263,8 @@ def swap_in(staging: Path, url: str) -> Path | None:
     A plain ``rename`` onto an existing folder fails (and ``mv`` nests the new folder inside the old), so an
     existing output is exchanged with the staging folder in one ``renameat2(RENAME_EXCHANGE)``: readers (and
     TF Serving's poller) see the old complete folder, then the new complete one, never a gap or a partial
-    folder. Where the file system cannot exchange, the old folder is renamed aside first (a gap of one rename).
+    folder. Where the file system cannot exchange, the old folder is renamed aside first, then the new one renamed
+    in: between the two renames the path is absent. The log says which of the two ran (and how long the gap was).
 
     Returns:
         Where the previous output now is (a hidden sibling), or None when there was none. Pass it to
@@ -244,17 +276,23 @@ def swap_in(staging: Path, url: str) -> Path | None:
         return None
     try:
         exchange(staging, target)
+        log.info("%s exchanged with its previous copy in one renameat2(RENAME_EXCHANGE): never absent", target)
         return staging
     except OSError as e:
         if e.errno not in (errno.ENOSYS, errno.EINVAL, errno.EXDEV, errno.EPERM, errno.ENOTSUP):
             raise
+        reason = e
     aside = target.with_name(f".{target.name}.old-{uuid.uuid4().hex}")
+    t0 = time.perf_counter()
     os.rename(target, aside)
     try:
         os.rename(staging, target)
     except BaseException:
         os.rename(aside, target)
         raise
+    log.warning("%s replaced by the fallback, not an exchange (%s): the previous copy was renamed aside, then the new "
+                "one in; the path was absent for %.3f ms in between", target, reason,
+                1000 * (time.perf_counter() - t0))
     return aside
 
 
@@ -273,9 +311,13 @@ def roll_back(url: str, previous: Path | None) -> None:
         try:
             exchange(previous, target)
             rejected = previous
-        except OSError:
+            log.info("%s: previous copy exchanged back into place", target)
+        except OSError as e:
+            t0 = time.perf_counter()
             os.rename(target, rejected)
             os.rename(previous, target)
+            log.warning("%s: previous copy put back by the fallback, not an exchange (%s); the path was absent for "
+                        "%.3f ms", target, e, 1000 * (time.perf_counter() - t0))
     shutil.rmtree(rejected, ignore_errors=True)
 
 
@@ -357,20 +399,27 @@ def publish_dir(local_dir: Path, url: str, keep_previous: bool = False) -> str |
 def _hdfs_swap_in(staging: str, url: str) -> str | None:
     """Renames a complete HDFS folder into place of ``url``; returns where the previous one was moved, if any.
 
-    HDFS cannot exchange two paths, and a rename onto an existing folder would move the source inside it: the old
-    folder is renamed aside first (each rename is atomic; readers may find the path absent for that moment, never
-    partial), then the new one into place.
+    HDFS cannot exchange two paths (WebHDFS has no such operation), and a rename onto an existing folder would move
+    the source inside it: the old folder is renamed aside first, then the new one into place. Each rename is
+    atomic, so a reader finds the old complete folder, then nothing for the time between the two renames (two
+    NameNode calls, logged), then the new complete folder; never a partial one, because the new folder is complete
+    under its hidden name before the first rename and nothing else happens between the two.
     """
     client = webhdfs()
     previous = None
+    t0 = time.perf_counter()
     if client.exists(url):
         previous = _hidden_sibling(url, "old")
+        t0 = time.perf_counter()
         if not client.rename(url, previous):
             raise StorageError(f"could not move {url} aside to {previous}")
     if not client.rename(staging, url):
         if previous:
             client.rename(previous, url)
         raise StorageError(f"could not rename {staging} to {url}")
+    if previous:
+        log.info("%s replaced by two renames (hdfs:// cannot exchange): the previous copy aside, the new one in; the "
+                 "path was absent for %.1f ms in between", url, 1000 * (time.perf_counter() - t0))
     return previous
 
 
@@ -386,9 +435,12 @@ def roll_back_url(url: str, previous: str | None) -> None:
         return
     client = webhdfs()
     rejected = _hidden_sibling(url, "rejected")
+    t0 = time.perf_counter()
     client.rename(url, rejected)
     if previous:
         client.rename(previous, url)
+        log.info("%s: previous copy put back by two renames (hdfs:// cannot exchange); the path was absent for "
+                 "%.1f ms in between", url, 1000 * (time.perf_counter() - t0))
     client.delete(rejected, recursive=True)
 
 

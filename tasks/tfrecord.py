@@ -10,21 +10,63 @@ worker), and the peers' alternative is a Maven jar on the classpath. Both format
   endian (``tensorflow/core/lib/io/record_writer.cc``).
 
 The tests parse what is written here with TensorFlow's own ``TFRecordDataset`` and ``tf.io.parse_example``.
+
+The CRC32C comes from ``google-crc32c``'s C extension. Where that extension is missing the package quietly falls back
+to pure Python, about 2,000 times slower, which turns a minutes-long prep into hours: the jobs call
+``require_fast_crc32c`` at start, and the first checksum in any process (a Spark executor included) checks too.
+``TFHUB_ALLOW_SLOW_CRC32C=1`` accepts the slow path, for experiments.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import struct
+import warnings
 from typing import BinaryIO, Iterable, Mapping, Sequence, Union
 
-import google_crc32c
+with warnings.catch_warnings():
+    # Its own warning about the pure-Python fallback; require_fast_crc32c says what to do instead.
+    warnings.simplefilter("ignore", RuntimeWarning)
+    import google_crc32c
+
+log = logging.getLogger("tfrecord")
 
 FeatureValue = Union[bytes, str, int, float, Sequence[bytes], Sequence[str], Sequence[int], Sequence[float]]
 
 _MASK_DELTA = 0xA282EAD8
+ALLOW_SLOW_CRC32C = "TFHUB_ALLOW_SLOW_CRC32C"
+_crc32c_checked = False
+
+
+class SlowCrc32cError(RuntimeError):
+    """``google-crc32c`` runs without its C extension and the slow path was not allowed."""
+
+
+def require_fast_crc32c() -> None:
+    """Fails unless ``google-crc32c`` uses its C extension, or ``TFHUB_ALLOW_SLOW_CRC32C=1`` allows the slow path.
+
+    Raises:
+        SlowCrc32cError: naming the package's location and the two ways out.
+    """
+    global _crc32c_checked
+    if google_crc32c.implementation != "c":
+        where = os.path.dirname(google_crc32c.__file__)
+        if os.environ.get(ALLOW_SLOW_CRC32C) != "1":
+            raise SlowCrc32cError(
+                f"google-crc32c in {where} has no C extension (google_crc32c.cext did not import) and would fall "
+                "back to pure Python, about 2,000x slower: TFRecord checksums would dominate the job. Install a "
+                "google-crc32c wheel for this platform (pip install --force-reinstall google-crc32c), or set "
+                f"{ALLOW_SLOW_CRC32C}=1 to accept the slow path for an experiment")
+        if not _crc32c_checked:
+            log.warning("google-crc32c in %s has no C extension: pure-Python CRC32C, about 2,000x slower (allowed by "
+                        "%s=1)", where, ALLOW_SLOW_CRC32C)
+    _crc32c_checked = True
 
 
 def masked_crc32c(data: bytes) -> int:
+    if not _crc32c_checked:
+        require_fast_crc32c()
     crc = google_crc32c.value(data)
     return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
 

@@ -8,8 +8,10 @@ and needs only HTTP: this module speaks it with ``requests``, and nothing else.
 
 Where to connect comes from the environment, so that the same job code runs on any cluster:
 
-- ``TFHUB_WEBHDFS_URL``: the namenode's WebHDFS address, e.g. ``http://namenode:9870``. An ``hdfs://`` URL's own
-  ``namenode[:port]`` part names the RPC endpoint, which WebHDFS does not use; only its path is.
+- ``TFHUB_WEBHDFS_URL``: the namenode's WebHDFS address, e.g. ``http://namenode:9870``; with NameNode high
+  availability, every namenode's, separated by commas (``http://nn1:9870,http://nn2:9870``). An ``hdfs://`` URL's
+  own ``namenode[:port]`` part names the RPC endpoint, which WebHDFS does not use; only its path is. On Airflow,
+  the operators set it from the WebHDFS connection (``plugins/tfhub_spark/operators/spark_job.py``).
 - ``TFHUB_WEBHDFS_USER``: the user to act as (sent as ``user.name``) on a cluster without Kerberos.
 - ``TFHUB_WEBHDFS_KERBEROS=1``: authenticate with SPNEGO (``requests_kerberos``) from the process's Kerberos ticket;
   ``TFHUB_WEBHDFS_USER`` is then sent as ``doas``, a proxy user.
@@ -21,6 +23,12 @@ would send the whole body to the namenode first.) Connection failures and ``503 
 retried a bounded number of times with exponential back-off; a request that may have reached the server is only
 retried when repeating it is harmless.
 
+With several namenodes, a namenode request that is answered with a ``StandbyException`` (a standby namenode, 403) or
+that cannot connect goes to the next namenode at once, and the client remembers the one that answered, as Hadoop's
+``ConfiguredFailoverProxyProvider`` does. When every namenode has failed in turn (a failover in progress: none is
+active yet), the client waits and tries them all again, ``failover_retries`` times. Datanode requests are not
+affected: a datanode serves whichever namenode is active.
+
 Example::
 
     client = WebHdfsClient.from_env()
@@ -31,11 +39,12 @@ Example::
 from __future__ import annotations
 
 import builtins
+import logging
 import os
 import posixpath
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -44,6 +53,8 @@ from urllib.parse import quote, urlparse
 import requests
 from requests.auth import AuthBase
 from urllib3.exceptions import NewConnectionError
+
+log = logging.getLogger(__name__)
 
 ENV_URL = "TFHUB_WEBHDFS_URL"
 ENV_USER = "TFHUB_WEBHDFS_USER"
@@ -115,6 +126,25 @@ def _kerberos_auth() -> AuthBase:
     return HTTPKerberosAuth(mutual_authentication=OPTIONAL)
 
 
+def namenode_urls(value: str | Sequence[str]) -> list[str]:
+    """The WebHDFS addresses of a comma-separated list (or a sequence) of namenode URLs, without trailing slashes.
+
+    Raises:
+        WebHdfsError: for an empty list, a URL that is not ``http[s]://``, or the same URL twice.
+    """
+    items = value.split(",") if isinstance(value, str) else list(value)
+    urls = [u.strip().rstrip("/") for u in items]
+    if not urls or any(not u for u in urls):
+        raise WebHdfsError(f"WebHDFS URL list {value!r} has an empty entry; separate namenode URLs with commas, "
+                           f"e.g. http://nn1:9870,http://nn2:9870")
+    for u in urls:
+        if not u.startswith(("http://", "https://")):
+            raise WebHdfsError(f"WebHDFS URL {u!r} must start with http:// or https://")
+    if len(set(urls)) != len(urls):
+        raise WebHdfsError(f"WebHDFS URL list {value!r} names the same namenode twice")
+    return urls
+
+
 def _never_sent(exc: requests.RequestException) -> bool:
     """Whether a request failed before any of it reached the server (no connection could be made)."""
     if isinstance(exc, requests.ConnectTimeout):
@@ -124,32 +154,38 @@ def _never_sent(exc: requests.RequestException) -> bool:
 
 
 class WebHdfsClient:
-    """A WebHDFS client of one namenode.
+    """A WebHDFS client of one namenode, or of the namenodes of a high-availability pair (or more).
 
     Paths are absolute HDFS paths or ``hdfs://`` URLs (whose namenode part is not used, see the module docstring).
 
     Args:
-        base_url: the namenode's WebHDFS address, ``http[s]://host:port`` (a gateway's prefix path may follow).
+        base_url: the namenode's WebHDFS address, ``http[s]://host:port`` (a gateway's prefix path may follow);
+            with high availability, every namenode's, as a comma-separated string or a sequence.
         user: the user to act as: ``user.name`` without ``auth``, ``doas`` (a proxy user) with it.
         auth: a ``requests`` authentication, e.g. ``HTTPKerberosAuth``.
         retries: how many times a request is repeated after a connection failure or a 503 answer.
         backoff_s: the wait before the first repetition; it doubles with each one, up to ``max_backoff_s``.
         max_backoff_s: the longest wait between two attempts.
         timeout_s: the connect and read timeout of each request.
+        failover_retries: with several namenodes, how many times all of them are tried again (after a wait, as
+            for ``retries``) when none answered as the active one.
         chunk_size: the size of the pieces downloads are read in.
         session: a ``requests.Session`` to use (for TLS settings, say); a new one by default.
     """
 
-    def __init__(self, base_url: str, *, user: str | None = None, auth: AuthBase | None = None,
+    def __init__(self, base_url: str | Sequence[str], *, user: str | None = None, auth: AuthBase | None = None,
                  retries: int = 3, backoff_s: float = 0.2, max_backoff_s: float = 5.0, timeout_s: float = 60.0,
-                 chunk_size: int = 1 << 20, session: requests.Session | None = None) -> None:
-        if not base_url.startswith(("http://", "https://")):
-            raise WebHdfsError(f"WebHDFS URL {base_url!r} must start with http:// or https://")
+                 failover_retries: int = 8, chunk_size: int = 1 << 20,
+                 session: requests.Session | None = None) -> None:
+        self.base_urls = tuple(namenode_urls(base_url))
         if retries < 0:
             raise ValueError(f"retries must be at least 0, not {retries}")
-        self.base_url = base_url.rstrip("/")
+        if failover_retries < 0:
+            raise ValueError(f"failover_retries must be at least 0, not {failover_retries}")
+        self._active = 0  # index in base_urls of the namenode that last answered as the active one
         self.user = user
         self.retries = retries
+        self.failover_retries = failover_retries
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self.timeout_s = timeout_s
@@ -158,6 +194,11 @@ class WebHdfsClient:
         self._kerberos = auth is not None
         if auth is not None:
             self._session.auth = auth
+
+    @property
+    def base_url(self) -> str:
+        """The WebHDFS address of the namenode that requests go to first: the one that last answered as active."""
+        return self.base_urls[self._active]
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **kwargs: Any) -> WebHdfsClient:
@@ -174,9 +215,14 @@ class WebHdfsClient:
         url = env.get(ENV_URL, "").strip()
         if not url:
             raise WebHdfsError(f"{ENV_URL} is not set: set it to the namenode's WebHDFS address "
-                               f"(e.g. http://namenode:9870) to use hdfs:// storage URLs")
+                               f"(e.g. http://namenode:9870; with high availability every namenode's, separated by "
+                               f"commas) to use hdfs:// storage URLs")
+        try:
+            urls = namenode_urls(url)
+        except WebHdfsError as e:
+            raise WebHdfsError(f"{ENV_URL}: {e}") from None
         auth = _kerberos_auth() if _flag(env, ENV_KERBEROS) else None
-        return cls(url, user=env.get(ENV_USER) or None, auth=auth, **kwargs)
+        return cls(urls, user=env.get(ENV_USER) or None, auth=auth, **kwargs)
 
     def close(self) -> None:
         self._session.close()
@@ -361,8 +407,8 @@ class WebHdfsClient:
 
     # -- protocol ----------------------------------------------------------------------------------------------
 
-    def _url(self, path: str) -> str:
-        return f"{self.base_url}{PREFIX}{quote(hdfs_path(path), safe='/')}"
+    def _url(self, path: str, base_url: str | None = None) -> str:
+        return f"{base_url or self.base_url}{PREFIX}{quote(hdfs_path(path), safe='/')}"
 
     def _params(self, op: str, extra: Mapping[str, str]) -> dict[str, str]:
         params = {"op": op}
@@ -373,8 +419,8 @@ class WebHdfsClient:
 
     def _namenode(self, method: str, op: str, path: str, params: Mapping[str, str] | None = None, *,
                   ok: Iterable[int] = (200,), idempotent: bool = True, stream: bool = False) -> requests.Response:
-        resp = self._send(method, op, path, self._url(path), params=self._params(op, params or {}),
-                          idempotent=idempotent, stream=stream)
+        resp = self._send(method, op, path, None, params=self._params(op, params or {}), idempotent=idempotent,
+                          stream=stream)
         if resp.status_code not in ok:
             err = self._error(op, path, resp)
             resp.close()
@@ -420,31 +466,82 @@ class WebHdfsClient:
         # Repeating a CREATE that may have been received is harmless only when it overwrites.
         self._datanode("PUT", "CREATE", path, location, body, idempotent=overwrite, ok=(200, 201)).close()
 
-    def _send(self, method: str, op: str, path: str, url: str, *, params: Mapping[str, str] | None = None,
+    def _send(self, method: str, op: str, path: str, url: str | None, *, params: Mapping[str, str] | None = None,
               body: Callable[[], Body] | None = None, idempotent: bool, stream: bool = False) -> requests.Response:
         """One HTTP request, repeated after a connection failure or a 503 (or a ``RetriableException``).
 
-        A request that failed after it may have reached the server is repeated only when ``idempotent``.
+        ``url`` None is a namenode request: it goes to the active namenode and fails over to the others (see the
+        module docstring). A request that failed after it may have reached the server is repeated, on the same
+        namenode or another, only when ``idempotent``.
         """
-        attempt = 0
+        attempt = 0  # waits so far for 503s, RetriableExceptions and connection failures
+        rounds = 0  # waits so far because every namenode was a standby or unreachable
+        failed: set[int] = set()  # namenodes that failed (standby or unreachable) since the last wait
+        several = url is None and len(self.base_urls) > 1
+        node = self._active
+        sent = 0
         while True:
+            target = self._url(path, self.base_urls[node]) if url is None else url
+            sent += 1
             data = body() if body is not None else None
             headers = {"Content-Type": "application/octet-stream"} if data is not None else None
             try:
-                resp = self._session.request(method, url, params=params, data=data, headers=headers,
+                resp = self._session.request(method, target, params=params, data=data, headers=headers,
                                              allow_redirects=False, stream=stream, timeout=self.timeout_s)
             except (requests.ConnectionError, requests.Timeout) as e:
-                if attempt < self.retries and (idempotent or _never_sent(e)):
+                repeatable = idempotent or _never_sent(e)
+                if several and repeatable:
+                    failed.add(node)
+                    other = self._next_namenode(node, failed, op, f"unreachable ({type(e).__name__})")
+                    if other is None and rounds < self.failover_retries:
+                        self._wait(rounds)
+                        rounds += 1
+                        failed.clear()
+                        other = self._next_namenode(node, failed, op, "unreachable, and so are the others")
+                    if other is not None:
+                        node = other
+                        continue
+                    raise self._transport_error(op, path, e, attempts=sent, namenodes=len(self.base_urls)) from e
+                if attempt < self.retries and repeatable:
                     self._wait(attempt)
                     attempt += 1
                     continue
                 raise self._transport_error(op, path, e, attempts=attempt + 1) from e
+            if url is None and _remote_exception_if_403(resp) == "StandbyException":
+                if several:
+                    failed.add(node)
+                    other = self._next_namenode(node, failed, op, "a standby")
+                    if other is None and rounds < self.failover_retries:
+                        resp.close()
+                        self._wait(rounds)
+                        rounds += 1
+                        failed.clear()
+                        other = self._next_namenode(node, failed, op, "a standby, and so are the others")
+                    if other is not None:
+                        resp.close()
+                        node = other
+                        continue
+                return resp  # an error naming the StandbyException (see _error)
             if attempt < self.retries and self._retriable(resp):
                 resp.close()
                 self._wait(attempt)
                 attempt += 1
                 continue
+            if url is None:
+                self._active = node  # the one that answered; the next requests go to it first
             return resp
+
+    def _next_namenode(self, node: int, failed: set[int], op: str, why: str) -> int | None:
+        """The next namenode after ``node`` not in ``failed``, now the one requests go to; None when all failed."""
+        n = len(self.base_urls)
+        for step in range(1, n):
+            other = (node + step) % n
+            if other not in failed:
+                log.warning("WebHDFS %s: namenode %s is %s; failing over to %s", op, self.base_urls[node], why,
+                            self.base_urls[other])
+                self._active = other
+                return other
+        return None
 
     @staticmethod
     def _retriable(resp: requests.Response) -> bool:
@@ -461,15 +558,25 @@ class WebHdfsClient:
         exception, message = _remote_exception(resp)
         if exception is not None:
             text = f"WebHDFS {op} {path}: {exception}: {message} (HTTP {resp.status_code})"
+            if exception == "StandbyException":
+                text += (f"; no namenode answered as the active one ({ENV_URL} must list every namenode of an HA "
+                         f"pair, separated by commas)")
         else:
             body = " ".join(resp.text.split())[:300]
             text = f"WebHDFS {op} {path}: HTTP {resp.status_code} {resp.reason}" + (f": {body}" if body else "")
         return WebHdfsError(text, op=op, path=path, status=resp.status_code, exception=exception,
                             remote_message=message)
 
-    def _transport_error(self, op: str, path: str, e: Exception, attempts: int | None = None) -> WebHdfsError:
+    def _transport_error(self, op: str, path: str, e: Exception, attempts: int | None = None,
+                         namenodes: int = 1) -> WebHdfsError:
         tries = f" after {attempts} attempts" if attempts and attempts > 1 else ""
-        return WebHdfsError(f"WebHDFS {op} {path}: {type(e).__name__}{tries}: {e}", op=op, path=path)
+        where = f" on each of the namenodes {', '.join(self.base_urls)}" if namenodes > 1 else ""
+        return WebHdfsError(f"WebHDFS {op} {path}: {type(e).__name__}{tries}{where}: {e}", op=op, path=path)
+
+
+def _remote_exception_if_403(resp: requests.Response) -> str | None:
+    """The ``RemoteException`` class of a 403 answer (a standby namenode's ``StandbyException``...), else None."""
+    return _remote_exception(resp)[0] if resp.status_code == 403 else None
 
 
 def _remote_exception(resp: requests.Response) -> tuple[str | None, str | None]:

@@ -283,8 +283,13 @@ def test_connections_and_variable_name_the_stack(services):
     assert pipeline["storage_root"] == env["TFHUB_STORAGE_ROOT"]
     assert (root.scheme, root.netloc) == (default_fs.scheme, default_fs.netloc)
     conf = pipeline["spark_conf"]
-    for key in ("spark.executorEnv.TFHUB_WEBHDFS_URL", "spark.yarn.appMasterEnv.TFHUB_WEBHDFS_URL"):
-        assert conf[key] == f"http://{namenode_http}"
+    # The jobs' WebHDFS address is derived from the connection by the operators, never written a second time.
+    from airflow.models.connection import Connection
+
+    from tfhub_spark.hooks.storage import webhdfs_urls
+
+    assert webhdfs_urls(Connection(conn_id="webhdfs_tfhub", **webhdfs)) == [f"http://{namenode_http}"]
+    assert not [k for k in conf if "TFHUB_WEBHDFS_URL" in k or "TFHUB_WEBHDFS_USER" in k]
     for key in ("spark.yarn.archive", "spark.eventLog.dir"):
         url = urlparse(conf[key])
         assert (url.scheme, url.netloc) == (default_fs.scheme, default_fs.netloc), key

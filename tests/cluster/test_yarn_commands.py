@@ -66,6 +66,7 @@ def conf_args(conf: dict) -> list[str]:
 def test_prepare_examples_submits_to_yarn_in_cluster_mode(monkeypatch, tmp_path):
     pipeline = deploy(monkeypatch)
     op = PipelineSparkSubmitOperator(task_id="prepare_examples", job="prepare_examples", conn_id="spark_tfhub",
+                                     webhdfs_conn_id="webhdfs_tfhub",
                                      job_args={"--raw": RAW, "--output": EXAMPLES, "--min-shards": 4})
     cmd = command(op, tmp_path)
     assert cmd == [
@@ -73,8 +74,13 @@ def test_prepare_examples_submits_to_yarn_in_cluster_mode(monkeypatch, tmp_path)
         *conf_args(pipeline["spark_conf"]),
         "--conf", "spark.executorEnv.TF_USE_LEGACY_KERAS=1",
         "--conf", "spark.yarn.appMasterEnv.TF_USE_LEGACY_KERAS=1",
+        # The jobs' WebHDFS settings, from the webhdfs connection: the executors' here, the driver's below.
+        "--conf", "spark.executorEnv.TFHUB_WEBHDFS_URL=http://namenode:9870",
+        "--conf", "spark.executorEnv.TFHUB_WEBHDFS_USER=airflow",
         # yarn_track_via_rm_api: spark-submit returns once YARN accepted the application; Airflow polls the RM.
         "--conf", "spark.yarn.submit.waitAppCompletion=false",
+        "--conf", "spark.yarn.appMasterEnv.TFHUB_WEBHDFS_URL=http://namenode:9870",
+        "--conf", "spark.yarn.appMasterEnv.TFHUB_WEBHDFS_USER=airflow",
         "--py-files", str(tmp_path / "tasks.zip"),
         "--name", "tfhub-prepare_examples",
         "--queue", "tfhub",
@@ -100,8 +106,8 @@ def test_prepare_examples_submits_to_yarn_in_cluster_mode(monkeypatch, tmp_path)
 
 def test_finetune_command_line_on_yarn(monkeypatch, tmp_path):
     pipeline = deploy(monkeypatch)
-    op = TfHubFinetuneOperator(task_id="finetune", conn_id="spark_tfhub", pool="tfhub_training",
-                               examples=EXAMPLES, run_dir=RUN_DIR, storage_root=ROOT_URL,
+    op = TfHubFinetuneOperator(task_id="finetune", conn_id="spark_tfhub", webhdfs_conn_id="webhdfs_tfhub",
+                               pool="tfhub_training", examples=EXAMPLES, run_dir=RUN_DIR, storage_root=ROOT_URL,
                                hub_module="hub/shapes_fv_32", num_workers="2", epochs="15", batch_size="32",
                                learning_rate="0.002", fine_tune=True)
     cmd = command(op, tmp_path)
@@ -110,11 +116,15 @@ def test_finetune_command_line_on_yarn(monkeypatch, tmp_path):
             "spark.dynamicAllocation.enabled": "false", "spark.barrier.sync.timeout": "900",
             "spark.python.worker.reuse": "false",
             "spark.scheduler.barrier.maxConcurrentTasksCheck.interval": "5s",
-            "spark.scheduler.barrier.maxConcurrentTasksCheck.maxFailures": "6"}
+            "spark.scheduler.barrier.maxConcurrentTasksCheck.maxFailures": "6",
+            "spark.executorEnv.TFHUB_WEBHDFS_URL": "http://namenode:9870",
+            "spark.executorEnv.TFHUB_WEBHDFS_USER": "airflow"}
     assert cmd == [
         "spark-submit", "--master", "yarn",
         *conf_args(conf),
         "--conf", "spark.yarn.submit.waitAppCompletion=false",
+        "--conf", "spark.yarn.appMasterEnv.TFHUB_WEBHDFS_URL=http://namenode:9870",
+        "--conf", "spark.yarn.appMasterEnv.TFHUB_WEBHDFS_USER=airflow",
         "--py-files", str(tmp_path / "tasks.zip"),
         "--name", "tfhub-finetune",
         "--queue", "tfhub",
@@ -137,6 +147,7 @@ def test_finetune_command_line_on_yarn(monkeypatch, tmp_path):
 def test_yarn_application_is_tracked_through_the_resourcemanager(monkeypatch, tmp_path):
     deploy(monkeypatch)
     op = PipelineSparkSubmitOperator(task_id="evaluate", job="evaluate", conn_id="spark_tfhub",
+                                     webhdfs_conn_id="webhdfs_tfhub",
                                      job_args={"--examples": EXAMPLES, "--run-dir": RUN_DIR})
     op.prepare_submit({}, str(tmp_path))
     hook = op._get_hook()
@@ -151,6 +162,7 @@ def test_without_rm_tracking_the_provider_refuses_durable_yarn_cluster_mode(monk
     """Why the Variable sets submit_options.yarn_track_via_rm_api: without it, the operator fails before submitting."""
     deploy(monkeypatch, submit_options={})
     op = PipelineSparkSubmitOperator(task_id="evaluate", job="evaluate", conn_id="spark_tfhub",
+                                     webhdfs_conn_id="webhdfs_tfhub",
                                      job_args={"--examples": EXAMPLES, "--run-dir": RUN_DIR})
     assert op.durable
     with pytest.raises(ValueError, match="requires yarn_track_via_rm_api=True"):
@@ -182,6 +194,7 @@ def test_every_spark_task_of_the_dag_submits_to_yarn(monkeypatch, tmp_path):
             c = confs(cmd)
             assert c["spark.pyspark.python"] == "/opt/tfhub-env/bin/python", task.task_id
             assert c["spark.executorEnv.TFHUB_WEBHDFS_URL"] == "http://namenode:9870", task.task_id
+            assert c["spark.yarn.appMasterEnv.TFHUB_WEBHDFS_URL"] == "http://namenode:9870", task.task_id
             assert c["spark.yarn.submit.waitAppCompletion"] == "false", task.task_id
             app = cmd.index(str(ROOT / "tasks" / f"{op.job}.py"))
             assert cmd[app - 2:app] == ["--deploy-mode", "cluster"], task.task_id
@@ -191,8 +204,9 @@ def test_every_spark_task_of_the_dag_submits_to_yarn(monkeypatch, tmp_path):
 
 def test_gpu_variables_add_the_resource_confs(monkeypatch, tmp_path):
     deploy(monkeypatch, "variables.gpu.json")
-    op = TfHubFinetuneOperator(task_id="finetune", conn_id="spark_tfhub", examples=EXAMPLES, run_dir=RUN_DIR,
-                               storage_root=ROOT_URL, hub_module="hub/shapes_fv_32", num_workers="2")
+    op = TfHubFinetuneOperator(task_id="finetune", conn_id="spark_tfhub", webhdfs_conn_id="webhdfs_tfhub",
+                               examples=EXAMPLES, run_dir=RUN_DIR, storage_root=ROOT_URL,
+                               hub_module="hub/shapes_fv_32", num_workers="2")
     cmd = command(op, tmp_path)
     c = confs(cmd)
     for key, value in GPU_KEYS.items():

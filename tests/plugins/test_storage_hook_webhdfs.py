@@ -82,3 +82,39 @@ def test_partition_sensor_on_hdfs(hdfs: WebHdfsTestServer, producer: WebHdfsClie
     producer.write_bytes(f"{part}/_SUCCESS", b"")
     assert sensor.poke({}) is True
     assert ("GET", "LISTSTATUS", part) in hdfs.calls(node="namenode")
+
+
+def test_hook_follows_a_namenode_failover(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An HA pair as the provider's connection names it: two hosts, one port. The hook starts on the active one
+    and keeps working when the other one takes over while the hook is in use."""
+    with WebHdfsTestServer(tmp_path / "hdfs", namenode_hosts=["127.0.0.1", "127.0.0.2"]) as srv:
+        monkeypatch.setenv("AIRFLOW_CONN_WEBHDFS_TFHUB", json.dumps(
+            {"conn_type": "webhdfs", "host": "127.0.0.1,127.0.0.2", "port": srv.port, "login": "tester"}))
+        srv.fail_over(to=1)  # the first host listed is the standby
+        with WebHdfsClient(srv.ha_url, user="producer") as producer:
+            producer.write_bytes("/runs/ds=2026-11-20/blessing.json", b'{"blessed": true}')
+        hook = StorageHook(webhdfs_conn_id=CONN_ID)
+        assert hook.exists("hdfs://nn/runs/ds=2026-11-20/blessing.json")
+
+        srv.clear_log()
+        srv.fail_over(to=0)
+        assert json.loads(hook.read_text("hdfs://nn/runs/ds=2026-11-20/blessing.json")) == {"blessed": True}
+        assert hook.list("hdfs://nn/runs") == [Entry("ds=2026-11-20", True, 0)]
+        answered = [(r.host, r.status) for r in srv.requests if r.node == "namenode"]
+        # One refusal by the new standby, then the new active answers, and keeps answering: it is remembered.
+        assert answered[0] == ("127.0.0.2", 403) and answered[1:] and {a for a in answered[1:]} == {
+            ("127.0.0.1", 307), ("127.0.0.1", 200)}
+
+
+def test_webhdfs_urls_of_a_connection() -> None:
+    from airflow.models.connection import Connection
+
+    from tfhub_spark.hooks.storage import webhdfs_urls
+
+    conn = Connection(conn_id="w", conn_type="webhdfs", host="nn1.example.com, nn2.example.com", port=9870)
+    assert webhdfs_urls(conn) == ["http://nn1.example.com:9870", "http://nn2.example.com:9870"]
+    tls = Connection(conn_id="w", conn_type="webhdfs", host="gw", port=8443, schema="gateway/default",
+                     extra=json.dumps({"use_ssl": "True"}))
+    assert webhdfs_urls(tls) == ["https://gw:8443/gateway/default"]
+    with pytest.raises(ValueError, match="WebHDFS connection 'w': host 'nn1,' must name the namenode"):
+        webhdfs_urls(Connection(conn_id="w", conn_type="webhdfs", host="nn1,", port=9870))

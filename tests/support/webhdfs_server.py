@@ -17,8 +17,13 @@ implements, including the parts clients get wrong most often:
 - errors are ``{"RemoteException": {...}}`` JSON with the HTTP status Hadoop's ``ExceptionHandler`` gives the
   exception class: 404 for ``FileNotFoundException``, 400 for ``IllegalArgumentException`` and
   ``UnsupportedOperationException``, 403 for every other ``IOException``;
-- ``CREATE`` writes to the real path as the data arrives: like an HDFS file under construction, the file is visible
-  while it is written, with the length written so far;
+- ``CREATE`` (and ``APPEND``) write to the real path as the data arrives: like an HDFS file under construction, the
+  file is visible while it is written, but its status and content summary report only the length of its completed
+  blocks (what a NameNode knows), not the bytes written so far;
+- high availability: with ``namenodes=2`` (or more) there are that many namenodes over one namespace, one of them
+  active; the others answer every request with a ``StandbyException`` (403), as a standby NameNode does. Tests
+  switch the active one (:meth:`WebHdfsTestServer.fail_over`, or :meth:`WebHdfsTestServer.fail_over_after` to
+  switch in the middle of a run) and stop one (:meth:`WebHdfsTestServer.stop_namenode`);
 - request bodies may come with ``Content-Length`` or ``Transfer-Encoding: chunked``; connections are kept alive
   (HTTP/1.1).
 
@@ -31,6 +36,7 @@ Operations: ``GETFILESTATUS``, ``LISTSTATUS``, ``GETCONTENTSUMMARY``, ``GETHOMED
 
 Tests can read the request log (``server.requests``, or ``server.calls()`` for ``(method, op, path)`` triples) to
 check that redirects were followed, and make the next requests fail with :meth:`WebHdfsTestServer.inject_faults`.
+What the server does not model is listed in ``WEBHDFS_FIDELITY.md`` beside this file.
 
 Usage::
 
@@ -132,6 +138,8 @@ class LoggedRequest(NamedTuple):
     user: str
     status: int  # 0 when no answer was sent (a dropped connection)
     body_bytes: int  # request body bytes received
+    port: int = 0  # the port of the node that received it (tells the namenodes of an HA pair apart)
+    host: str = ""  # the address of the node that received it (namenodes may share a port on other addresses)
 
 
 @dataclass
@@ -205,6 +213,23 @@ class _Namespace:
         self.replication = replication
         self.lock = threading.RLock()  # the namenode's global lock: one metadata change at a time
         self._owners: dict[str, str] = {}
+        # Files under construction (a CREATE or APPEND receiving data), by inode, so that a rename or a delete
+        # while they are written needs no bookkeeping: inode -> the file's length before the write began.
+        self._writing: dict[int, int] = {}
+
+    def begin_write(self, fd: int, length: int) -> None:
+        self._writing[os.fstat(fd).st_ino] = length
+
+    def end_write(self, fd: int) -> None:
+        self._writing.pop(os.fstat(fd).st_ino, None)
+
+    def length_of(self, st: os.stat_result) -> int:
+        """A file's length as a NameNode reports it: for a file under construction, only its completed blocks
+        (the block being written counts once it is complete), never less than its length before the write."""
+        start = self._writing.get(st.st_ino)
+        if start is None:
+            return st.st_size
+        return max(start, st.st_size // self.block_size * self.block_size)
 
     @staticmethod
     def normalize(raw: str) -> str:
@@ -262,7 +287,7 @@ class _Namespace:
             "childrenNum": len(os.listdir(self.local(path))) if is_dir else 0,
             "fileId": st.st_ino,
             "group": self.group,
-            "length": 0 if is_dir else st.st_size,
+            "length": 0 if is_dir else self.length_of(st),
             "modificationTime": st.st_mtime_ns // 1_000_000,
             "owner": self.owner(path),
             "pathSuffix": suffix,
@@ -296,12 +321,14 @@ class _Node(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, name: str, owner: WebHdfsTestServer, handler: type[BaseHTTPRequestHandler]) -> None:
+    def __init__(self, name: str, owner: WebHdfsTestServer, handler: type[BaseHTTPRequestHandler],
+                 address: tuple[str, int] = ("127.0.0.1", 0)) -> None:
         self.name = name
         self.owner = owner
+        self.stopped = False
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), handler)
+        super().__init__(address, handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._open_lock:
@@ -408,7 +435,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _entry(self) -> LoggedRequest:
         return LoggedRequest(self.command, self._op, self._path, self.server.name, self._user, self._status,
-                             self._body_bytes)
+                             self._body_bytes, self.server.server_address[1], self.server.server_address[0])
 
     def send_bytes(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
         self.start_response(status)
@@ -491,6 +518,11 @@ class _NamenodeHandler(_Handler):
 
     def dispatch(self, op: str, path: str, params: _Params) -> None:
         ns = self.server.owner.namespace
+        if not self.server.owner._is_active(self.server, op):
+            # Hadoop's StandbyState.checkOperation: every client operation, read or write, is refused by a standby.
+            category = "READ" if self.command == "GET" else "WRITE"
+            raise RemoteError("StandbyException", f"Operation category {category} is not supported in state "
+                                                  f"standby. Visit https://s.apache.org/sbnn-error")
         handler = {
             "GETFILESTATUS": self.get_file_status,
             "LISTSTATUS": self.list_status,
@@ -538,9 +570,9 @@ class _NamenodeHandler(_Handler):
             for dirpath, _, names in os.walk(ns.local(path)):
                 dirs += 1
                 files += len(names)
-                length += sum(os.stat(os.path.join(dirpath, n)).st_size for n in names)
+                length += sum(ns.length_of(os.stat(os.path.join(dirpath, n))) for n in names)
         else:
-            files, length = 1, st.st_size
+            files, length = 1, ns.length_of(st)
         self.send_json({"ContentSummary": {
             "directoryCount": dirs, "fileCount": files, "length": length, "quota": -1,
             "spaceConsumed": length * ns.replication, "spaceQuota": -1, "typeQuota": {},
@@ -705,11 +737,17 @@ class _DatanodeHandler(_Handler):
             fd = os.open(ns.local(path), flags, 0o600)
             os.fchmod(fd, mode)
             ns.set_owner(path, self._user)
+            ns.begin_write(fd, 0)
         # The data is written to the real path outside the namespace lock: like an HDFS file under construction,
-        # the file is visible while it is written, with the length written so far.
+        # the file is visible while it is written, with the length of its completed blocks (see length_of).
         with os.fdopen(fd, "wb") as f:
-            for data in self.body_chunks():
-                f.write(data)
+            try:
+                for data in self.body_chunks():
+                    f.write(data)
+                    f.flush()  # on disk as it arrives, as a pipeline's acknowledged packets are on the datanodes
+            finally:
+                with ns.lock:
+                    ns.end_write(f.fileno())
         owner = self.server.owner
         self.send_bytes(201, b"", "application/octet-stream",
                         {"Location": f"hdfs://{owner.host}:{owner.port}{quote(path)}"})
@@ -722,9 +760,15 @@ class _DatanodeHandler(_Handler):
         except IsADirectoryError:
             raise RemoteError("FileNotFoundException", f"Path is not a file: {path}") from None
         with f:
-            f.seek(0, os.SEEK_END)
-            for data in self.body_chunks():
-                f.write(data)
+            with ns.lock:
+                ns.begin_write(f.fileno(), f.seek(0, os.SEEK_END))
+            try:
+                for data in self.body_chunks():
+                    f.write(data)
+                    f.flush()  # on disk as it arrives, as a pipeline's acknowledged packets are on the datanodes
+            finally:
+                with ns.lock:
+                    ns.end_write(f.fileno())
         self.send_bytes(200, b"", "application/octet-stream")
 
 
@@ -737,18 +781,30 @@ class WebHdfsTestServer:
         group: the group of every path.
         block_size: the ``blockSize`` of files.
         replication: the ``replication`` of files.
+        namenodes: how many namenodes share the namespace (2 for an HA pair); the first one starts active.
+        namenode_hosts: instead of ``namenodes``, the loopback addresses (``127.0.0.1``, ``127.0.0.2``...) of
+            namenodes that share one port, as an Airflow WebHDFS connection with several hosts describes them.
 
     Attributes:
         host: the namenode's address, ``127.0.0.1``.
-        port: the namenode's port.
-        url: ``http://127.0.0.1:<port>``, the WebHDFS base URL of the namenode.
+        port: the (first) namenode's port.
+        url: ``http://127.0.0.1:<port>``, the WebHDFS base URL of the (first) namenode.
+        urls: the WebHDFS base URLs of all the namenodes, in order.
+        ha_url: ``urls`` joined by commas, the form ``TFHUB_WEBHDFS_URL`` takes.
+        active: the index in ``urls`` of the active namenode; None while none is (in a failover).
         datanode_port: the datanode's port.
         datanode_url: the datanode's base URL.
         requests: every request received, in the order the responses were sent.
     """
 
     def __init__(self, root_dir: os.PathLike[str] | str, *, superuser: str = "hdfs", group: str = "supergroup",
-                 block_size: int = 128 * 1024 * 1024, replication: int = 1) -> None:
+                 block_size: int = 128 * 1024 * 1024, replication: int = 1, namenodes: int = 1,
+                 namenode_hosts: list[str] | None = None) -> None:
+        if namenodes < 1:
+            raise ValueError(f"namenodes must be at least 1, not {namenodes}")
+        self._namenode_hosts = list(namenode_hosts) if namenode_hosts else None
+        if self._namenode_hosts:
+            namenodes = len(self._namenode_hosts)
         root = Path(root_dir)
         root.mkdir(parents=True, exist_ok=True)
         self.namespace = _Namespace(root.resolve(), superuser, group, block_size, replication)
@@ -760,6 +816,12 @@ class WebHdfsTestServer:
         self._faults: list[_Fault] = []
         self._nodes: list[_Node] = []
         self._threads: list[threading.Thread] = []
+        self._namenode_count = namenodes
+        self.namenode_ports: list[int] = []
+        self.namenode_hosts: list[str] = []
+        self.active: int | None = 0
+        # A scheduled failover: (requests before it, gap, the next active, the operation counted or None).
+        self._switch: tuple[int, int, int, str | None] | None = None
 
     @property
     def root(self) -> Path:
@@ -770,17 +832,34 @@ class WebHdfsTestServer:
         return f"http://{self.host}:{self.port}"
 
     @property
+    def urls(self) -> list[str]:
+        return [f"http://{h}:{p}" for h, p in zip(self.namenode_hosts, self.namenode_ports, strict=True)]
+
+    @property
+    def ha_url(self) -> str:
+        return ",".join(self.urls)
+
+    @property
     def datanode_url(self) -> str:
-        return f"http://{self.host}:{self.datanode_port}"
+        return f"http://127.0.0.1:{self.datanode_port}"
 
     def start(self) -> WebHdfsTestServer:
         if self._nodes:
             raise RuntimeError("the WebHDFS test server is already running")
-        namenode = _Node("namenode", self, _NamenodeHandler)
+        if self._namenode_hosts:
+            first = _Node("namenode", self, _NamenodeHandler, (self._namenode_hosts[0], 0))
+            port = first.server_address[1]
+            namenodes = [first, *(_Node("namenode", self, _NamenodeHandler, (h, port))
+                                  for h in self._namenode_hosts[1:])]
+        else:
+            namenodes = [_Node("namenode", self, _NamenodeHandler) for _ in range(self._namenode_count)]
         datanode = _Node("datanode", self, _DatanodeHandler)
-        self.port = namenode.server_address[1]
+        self.namenode_hosts = [n.server_address[0] for n in namenodes]
+        self.namenode_ports = [n.server_address[1] for n in namenodes]
+        self.host = self.namenode_hosts[0]
+        self.port = self.namenode_ports[0]
         self.datanode_port = datanode.server_address[1]
-        self._nodes = [namenode, datanode]
+        self._nodes = [*namenodes, datanode]
         for node in self._nodes:
             t = threading.Thread(target=node.serve_forever, kwargs={"poll_interval": 0.05},
                                  name=f"webhdfs-test-{node.name}", daemon=True)
@@ -790,12 +869,62 @@ class WebHdfsTestServer:
 
     def stop(self) -> None:
         for node in self._nodes:
-            node.shutdown()
-            node.drop_connections()
-            node.server_close()
+            self._stop_node(node)
         for t in self._threads:
             t.join(timeout=5)
         self._nodes, self._threads = [], []
+
+    @staticmethod
+    def _stop_node(node: _Node) -> None:
+        if node.stopped:
+            return
+        node.stopped = True
+        node.shutdown()
+        node.drop_connections()
+        node.server_close()
+
+    # -- high availability -------------------------------------------------------------------------------------
+
+    def fail_over(self, to: int | None = None) -> None:
+        """Makes namenode ``to`` (by default the one after the active one) the active one; the others standbys."""
+        with self._log_lock:
+            self._switch = None
+            self.active = self._next_active(to)
+
+    def fail_over_after(self, requests: int, *, op: str | None = None, to: int | None = None, gap: int = 0) -> None:
+        """Fails over in the middle of a run: after ``requests`` more namenode requests (to any namenode; only
+        those of operation ``op`` when given), the active namenode turns standby; the ``gap`` namenode requests
+        after that find no active namenode (a failover in progress); then namenode ``to`` (by default the next
+        one) is active."""
+        with self._log_lock:
+            self._switch = (requests, gap, self._next_active(to), op.upper() if op else None)
+
+    def stop_namenode(self, index: int) -> None:
+        """Stops namenode ``index`` as a crash would: its port refuses connections, open ones are dropped."""
+        self._stop_node(self._nodes[index])
+
+    def _next_active(self, to: int | None) -> int:
+        if to is None:
+            to = 0 if self.active is None else (self.active + 1) % self._namenode_count
+        if not 0 <= to < self._namenode_count:
+            raise ValueError(f"there is no namenode {to} (namenodes: {self._namenode_count})")
+        return to
+
+    def _is_active(self, node: _Node, op: str) -> bool:
+        """Whether namenode ``node`` answers this request as the active one; advances a scheduled switch."""
+        with self._log_lock:
+            if self._switch is not None:
+                left, gap, to, counted = self._switch
+                if left > 0:
+                    if counted in (None, op):
+                        self._switch = (left - 1, gap, to, counted)
+                elif gap > 0:
+                    self.active = None
+                    self._switch = (0, gap - 1, to, counted)
+                else:
+                    self.active = to
+                    self._switch = None
+            return self.active is not None and self._nodes[self.active] is node
 
     def __enter__(self) -> WebHdfsTestServer:
         return self.start()

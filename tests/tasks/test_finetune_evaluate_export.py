@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -26,7 +28,9 @@ def trained(spark, small_hub_module, tmp_path_factory):
     root = tmp_path_factory.mktemp("storage")
     raw = make_partition(root / "raw", "2026-11-20", num_images=48)
     examples = f"file://{root}/examples/ds=2026-11-20"
-    P.run(P.Config(raw=f"file://{raw}", output=examples, min_shards=2), spark)
+    # An eval split of 9 records: the workers' shares of 5 and 4 take 2 and 1 batches of 4, the case where
+    # filling the larger share's steps by repeating the smaller one would score records twice.
+    P.run(P.Config(raw=f"file://{raw}", output=examples, min_shards=2, split_fractions=(0.55, 0.2, 0.25)), spark)
     run_dir = f"file://{root}/runs/ds=2026-11-20"
     cfg = F.Config(examples=examples, run_dir=run_dir, storage_root=f"file://{root}",
                    hub_module=str(small_hub_module), num_workers=2, epochs=2, batch_size=8, fine_tune=True)
@@ -46,8 +50,15 @@ def test_barrier_stage_trains_and_only_the_chief_writes(trained):
     # The two workers read different files.
     files = saved["worker_files"]
     assert set(files["0"]).isdisjoint(files["1"]) and files["0"] and files["1"]
-    assert saved["steps_per_epoch"] == F.steps_per_epoch(
-        json.loads((root / "examples/ds=2026-11-20/manifest.json").read_text())["counts"]["train"], 8)
+    manifest = json.loads((root / "examples/ds=2026-11-20/manifest.json").read_text())
+    assert saved["steps_per_epoch"] == F.steps_per_epoch(manifest["counts"]["train"], 8)
+    # Each epoch's validation pass scored every eval record once: no record repeated to even out the workers.
+    assert manifest["counts"]["eval"] == 9
+    assert [h["val_examples"] for h in saved["history"]] == [manifest["counts"]["eval"]] * 2, manifest["files"]["eval"]
+    # The driver recorded how often each worker's records are drawn.
+    records = {f["name"]: f["records"] for f in manifest["files"]["train"]}
+    assert saved["sampling"]["records"] == [sum(records[n] for n in files[r]) for r in ("0", "1")]
+    assert saved["sampling"]["draws_per_epoch"] == saved["steps_per_epoch"] * 4
 
 
 def serving_cfg(root, examples, run_dir, version=20261120):
@@ -158,14 +169,17 @@ def test_rerun_replaces_the_version_and_readers_never_see_a_partial_one(trained)
 
     def poll():
         # What TF Serving does: list numeric folders, look inside.
+        # The version exists throughout (it is exchanged in place): its absence, or its vanishing between the
+        # listing and the look inside, is recorded as an empty (incomplete) folder.
         while not stop.is_set():
-            for p in folder.iterdir():
-                if p.name.isdigit():
-                    try:
-                        names = set(os.listdir(p))
-                    except FileNotFoundError:
-                        continue
-                    seen.append(names)
+            versions = [p for p in folder.iterdir() if p.name.isdigit()]
+            for p in versions:
+                try:
+                    seen.append(set(os.listdir(p)))
+                except FileNotFoundError:
+                    seen.append(set())
+            if not versions:
+                seen.append(set())
 
     t = threading.Thread(target=poll)
     t.start()
@@ -249,6 +263,31 @@ def test_files_are_split_between_workers_by_record_count():
     assert abs(counts[0] - counts[1]) <= 10
     with pytest.raises(F.FinetuneError, match="3 workers but only 2 non-empty training files"):
         F.assign_files([{"name": "a", "records": 5}, {"name": "b", "records": 5}, {"name": "c", "records": 0}], 3)
+    # Largest first alone gives 70/50 here; moving and swapping files between workers evens it out.
+    files = [{"name": f"train-{i}", "records": n} for i, n in enumerate([30, 30, 20, 20, 20])]
+    shares = F.assign_files(files, 2)
+    assert sorted(sum(f["records"] for f in files if f["name"] in s) for s in shares) == [60, 60]
+
+
+def test_an_uneven_split_logs_how_often_each_worker_draws_its_records(caplog):
+    # The issue's 85/15 example: two files cannot be split evenly between two workers.
+    files = [{"name": "train-0", "records": 850}, {"name": "train-1", "records": 150}]
+    sampling = F.sampling_rates(files, F.assign_files(files, 2), 32)
+    draws = F.steps_per_epoch(1000, 32) * 16
+    assert sampling == {"records": [850, 150], "draws_per_epoch": draws,
+                        "rates": [round(draws / 850, 4), round(draws / 150, 4)]}
+    with caplog.at_level(logging.INFO, logger="finetune"):
+        F.log_sampling(sampling)
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "each worker draws 496 records per epoch" in warning
+    assert "(worker 0: 850 records, 0.58, worker 1: 150 records, 3.31)" in warning
+    assert "one on worker 1 5.7 times as often as one on worker 0" in warning
+    caplog.clear()
+    files = [{"name": f"train-{i}", "records": n} for i, n in enumerate([300, 250, 250, 200])]
+    with caplog.at_level(logging.INFO, logger="finetune"):
+        F.log_sampling(F.sampling_rates(files, F.assign_files(files, 2), 32))
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
+    assert "worker 0: 500 records, 0.99, worker 1: 500 records, 0.99" in caplog.text
 
 
 def test_steps_per_epoch_comes_from_the_global_count():
@@ -266,16 +305,40 @@ def test_finetune_args_are_validated():
         F.parse_args(base + ["--fine-tune", "maybe"])
 
 
-def test_more_workers_than_slots_fails_before_launching(trained, spark):
-    root, examples, run_dir, _ = trained
-    cfg = F.Config(examples=examples, run_dir=f"file://{root}/runs/other", storage_root=f"file://{root}",
+def resplit_training(examples: Path, count: int) -> list[int]:
+    """Rewrites the training split of a prepared dataset as ``count`` files of about equal record counts."""
+    from tasks import schema, tfrecord
+
+    manifest = json.loads((examples / schema.MANIFEST).read_text())
+    records = []
+    for f in manifest["files"]["train"]:
+        if (examples / f["name"]).exists():
+            with open(examples / f["name"], "rb") as fh:
+                records += list(tfrecord.read_records(fh))
+            (examples / f["name"]).unlink()
+    manifest["files"]["train"] = []
+    for i in range(count):
+        name = schema.shard_name("train", i, count)
+        with open(examples / name, "wb") as fh:
+            tfrecord.write_records(fh, records[i::count])
+        manifest["files"]["train"].append({"name": name, "records": len(records[i::count])})
+    (examples / schema.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    return [f["records"] for f in manifest["files"]["train"]]
+
+
+def test_more_workers_than_slots_fails_before_launching(trained, spark, tmp_path):
+    root, examples, _, _ = trained
+    # Three non-empty training files, so that three workers pass the data checks and meet the slot check.
+    copy = tmp_path / "examples" / "ds=2026-11-20"
+    shutil.copytree(root / "examples" / "ds=2026-11-20", copy)
+    assert min(resplit_training(copy, 3)) > 0
+    cfg = F.Config(examples=f"file://{copy}", run_dir=f"file://{tmp_path}/runs/other", storage_root=f"file://{root}",
                    hub_module=json.loads((root / "runs/ds=2026-11-20/history.json").read_text())["hub_module"],
-                   num_workers=2, batch_size=8)
-    cfg.num_workers = 3
-    cfg.slots_wait_s = 1
-    with pytest.raises(F.FinetuneError, match="3 workers but only 2 non-empty|num_workers=3 barrier tasks wanted but "
-                                              "2 task slots available"):
+                   num_workers=3, batch_size=9, slots_wait_s=1)
+    with pytest.raises(F.FinetuneError, match=r"^num_workers=3 barrier tasks wanted but 2 task slots available "
+                                              r"\(the settings allow at most 2; master local\[2\]"):
         F.run(cfg, spark)
+    assert not (tmp_path / "runs").exists()  # refused before anything was written or launched
 
 
 def test_evaluate_and_export_on_hdfs(trained, tmp_path, monkeypatch):

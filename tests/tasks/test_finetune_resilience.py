@@ -9,6 +9,7 @@ import http.server
 import io
 import json
 import logging
+import os
 import shutil
 import socket
 import tarfile
@@ -162,24 +163,30 @@ def test_relay_drops_connections_without_the_token(caplog):
         assert server.workers(0) == []
 
 
-def test_watchdog_cancels_a_silent_worker_within_the_timeout_and_not_a_busy_one():
+def test_watchdog_cancels_a_silent_worker_after_the_timeout_and_not_a_busy_one():
+    """The watchdog's clock is driven by hand, one second per beat of the busy worker: the silent one is declared
+    stalled at the first look after stall_timeout_s, not before, and only once."""
+    now = [1000.0]
     stalls = []
-    with logrelay.RelayServer("127.0.0.1", "t", stall_timeout_s=1.0, on_stall=stalls.append, poll_s=0.05) as server:
+    with logrelay.RelayServer("127.0.0.1", "t", stall_timeout_s=10, on_stall=stalls.append, poll_s=3600,
+                              clock=lambda: now[0]) as server:
         server.begin_attempt(0)
         busy = logrelay.RelayClient(server.address, "t", rank=0, attempt=0)
         silent = logrelay.RelayClient(server.address, "t", rank=1, attempt=0)
         silent.beat(epoch=2, step=5)
-        t0 = time.monotonic()
-        while not stalls:
-            busy.beat(epoch=2, step=6)
-            time.sleep(0.1)
-            assert time.monotonic() - t0 < 5, "the watchdog did not fire"
-        waited = time.monotonic() - t0
+        _await(lambda: [(w.rank, w.step) for w in server.workers(0)] == [(0, 0), (1, 5)])
+        for step in range(1, 12):
+            now[0] += 1
+            busy.beat(epoch=2, step=step)
+            _await(lambda: server.workers(0)[0].step == step)
+            stalled = server.check_stalls()
+            assert (stalled is None) == (step <= 10), (step, stalled)  # silent for `step` seconds
+        assert server.stalled == stalled and server.check_stalls() is None
         busy.close()
         silent.close()
-    assert 0.9 <= waited < 2.5
-    assert len(stalls) == 1 and stalls[0].startswith("worker 1 (") and "at epoch 2 step 5" in stalls[0]
-    assert "worker 0" not in stalls[0]
+    assert stalls == [stalled]
+    assert stalled == "worker 1 (%s pid %d) silent for 11s in phase training at epoch 2 step 5" % (
+        socket.gethostname(), os.getpid())
 
 
 def test_watchdog_fires_when_no_worker_starts():
@@ -307,7 +314,8 @@ def test_checkpoints_on_hdfs_are_copied_up_and_fetched_back_by_a_relaunched_work
     chief.push({"epoch": 2, "step": 4, "global_step": 12, "attempt": 0, "time": 0.0})
 
     hdfs_run = hdfs.root / "tfhub" / "runs" / "ds=2026-11-20"
-    assert (hdfs_run / "checkpoints" / "chief" / "ckpt-3.index").read_bytes() == b"\x00index"
+    assert (hdfs_run / "checkpoints" / "v000001" / "ckpt-3.index").read_bytes() == b"\x00index"
+    assert json.loads((hdfs_run / "checkpoints" / "progress-000001.json").read_text())["version"] == 1
     assert (hdfs_run / "tensorboard" / "train" / "events.out").read_bytes() == b"events"
 
     for rank in (0, 1):
@@ -316,6 +324,80 @@ def test_checkpoints_on_hdfs_are_copied_up_and_fetched_back_by_a_relaunched_work
         assert (again.checkpoints / "chief" / "checkpoint").read_text() == 'model_checkpoint_path: "ckpt-3"\n'
         assert (again.tensorboard / "train" / "events.out").exists() == (rank == 0)
     assert again.history() == [{"epoch": 1, "loss": 1.0}]
+
+
+class _ChiefDied(Exception):
+    """What the test raises inside the chief's push, where a real chief would be killed."""
+
+
+@pytest.mark.parametrize("scheme", ["hdfs", "file"])
+@pytest.mark.parametrize("dies_after", F.PUSH_STEPS)
+def test_a_chief_killed_at_any_step_of_a_push_resumes_from_the_last_committed_checkpoint(hdfs, tmp_path, scheme,
+                                                                                         dies_after):
+    """Real Keras checkpoints (BackupAndRestore, every 3 steps) pushed by the real store; the chief dies in its
+    second push, after the step ``dies_after``. The driver then reports, and a relaunched stage's workers fetch and
+    restore, the last committed checkpoint: the first one if the second was not committed yet, else the second,
+    with the weights it was saved with."""
+    from tasks import model as M
+
+    tf = M.tf
+    if scheme == "hdfs":
+        run_dir, remote_run = "hdfs://namenode:8020/tfhub/runs/ds=2026-11-20", hdfs.root / "tfhub/runs/ds=2026-11-20"
+    else:
+        run_dir, remote_run = f"file://{tmp_path}/storage/runs/ds=2026-11-20", tmp_path / "storage/runs/ds=2026-11-20"
+    x = tf.random.stateless_uniform((16, 4), seed=(1, 2))
+    y = tf.cast(tf.reduce_sum(x, axis=1) > 2, tf.int32)
+
+    def model():
+        tf.keras.utils.set_random_seed(0)
+        m = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(2, activation="softmax")])
+        m.compile(optimizer=tf.keras.optimizers.Adam(0.1), loss="sparse_categorical_crossentropy")
+        return m
+
+    def fit(store, pushed):
+        """Trains 2 epochs of 8 steps from what ``store`` holds locally; appends (progress, weights) per push."""
+        m = model()
+
+        def after_backup(epoch, step):
+            pushed.append(({"epoch": epoch + 1, "step": step, "global_step": epoch * 8 + step, "attempt": 0,
+                            "time": 0.0}, m.get_weights()))
+            store.push(pushed[-1][0])
+
+        class Restored(tf.keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                self.weights = m.get_weights()  # after BackupAndRestore's own on_train_begin restored them
+
+        restored, logger = Restored(), M.ProgressLogger(0, 2, 8, 2)
+        m.fit(x, y, batch_size=2, epochs=2, verbose=0, shuffle=False, callbacks=[
+            M.BackupAndRestoreHook(str(store.checkpoints), save_freq=3, after_backup=after_backup), restored, logger])
+        return restored.weights, logger.resumed_from
+
+    first = []
+
+    def die(step):
+        if len(first) == 2 and step == dies_after:
+            raise _ChiefDied(step)
+
+    with pytest.raises(_ChiefDied):
+        fit(F.TrainingStore(run_dir, tmp_path / "a0-w0", rank=0, on_push_step=die), first)
+    committed = 2 if F.PUSH_STEPS.index(dies_after) >= F.PUSH_STEPS.index("committed") else 1
+    progress, weights = first[committed - 1]
+    expected = {**progress, "version": committed}
+    assert F.read_progress(storage.join(run_dir, "checkpoints")) == expected  # what the driver announces
+
+    # The relaunched stage: every worker fetches the committed checkpoint; the chief restores it and resumes there.
+    for rank in (1, 0):
+        store = F.TrainingStore(run_dir, tmp_path / f"a1-w{rank}", rank=rank)
+        assert store.pull() == expected
+    again = []
+    restored, resumed_from = fit(store, again)
+    assert resumed_from == (expected["epoch"] - 1, expected["step"])
+    assert len(restored) == len(weights) and all((a == b).all() for a, b in zip(restored, weights))
+    assert again[0][0]["global_step"] == expected["global_step"] + 3
+    # After the relaunch's own commits only its last one is left: no older commit, nothing a dead chief left.
+    last = committed + len(again)
+    assert sorted(p.name for p in (remote_run / "checkpoints").iterdir()) == [f"progress-{last:06d}.json",
+                                                                              f"v{last:06d}"]
 
 
 # -- the model --------------------------------------------------------------------------------------------------
@@ -340,6 +422,20 @@ def test_module_is_trained_only_with_fine_tune_and_at_its_own_rate(small_hub_mod
     moved = [not (b == v.numpy()).all() for b, v in zip(before_module, [v for v in module.variables if v.trainable])]
     assert before_module and any(moved) == module_moves
     assert not (before_head == model.get_layer("classifier").kernel.numpy()).all()
+
+
+def test_validation_shares_fill_the_same_steps_without_scoring_a_record_twice():
+    """17 records shared by 2 workers (9 and 8) in batches of 4: 3 steps per pass for both, the smaller share's
+    last batch empty, and each pass, epoch after epoch, holds every record once."""
+    from tasks import model as M
+
+    records = M.tf.data.Dataset.range(17)
+    batches = [[b.numpy().tolist() for b in M.padded_passes(records.shard(2, rank).batch(4), 3).take(6)]
+               for rank in (0, 1)]
+    assert [len(b) for b in batches[1]] == [4, 4, 0] * 2
+    for epoch in (0, 1):
+        scored = [x for rank in (0, 1) for b in batches[rank][3 * epoch:3 * epoch + 3] for x in b]
+        assert sorted(scored) == list(range(17))
 
 
 def test_epoch_metrics_are_tensorboard_scalar_events(tmp_path):

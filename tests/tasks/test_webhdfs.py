@@ -1,9 +1,8 @@
 """The WebHDFS client of the job code (tasks/webhdfs.py), over HTTP against the WebHDFS test server.
 
-The contract tests at the top run against the test server and, when ``WEBHDFS_URL`` names a real WebHDFS endpoint
-(e.g. ``WEBHDFS_URL=http://namenode:9870``), against it too, in a fresh folder under ``WEBHDFS_TEST_ROOT``
-(``/tmp/tfhub-contract`` by default) that is deleted afterwards; ``TFHUB_WEBHDFS_USER`` and
-``TFHUB_WEBHDFS_KERBEROS`` apply to it. The tests below them need the test server: its request log and its faults.
+The contract tests at the top run against the test server here, and against a real NameNode (the session's local
+Hadoop, or ``WEBHDFS_URL``) in ``tests/hadoop/test_webhdfs_contract.py``, which imports them. The tests below them
+need the test server: its request log and its faults.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ import os
 import socket
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,25 +39,12 @@ class Endpoint:
         return "/".join([self.root, *parts])
 
 
-@pytest.fixture(params=["test-server", "real"])
-def endpoint(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Endpoint]:
-    if request.param == "test-server":
-        with WebHdfsTestServer(tmp_path / "hdfs") as srv:
-            with WebHdfsClient(srv.url, user="tester", backoff_s=0.01) as client:
-                yield Endpoint(client, "/scratch", srv)
-        return
-    url = os.environ.get("WEBHDFS_URL")
-    if not url:
-        pytest.skip("WEBHDFS_URL is not set: the contract tests run against a real WebHDFS endpoint only when it "
-                    "names one, e.g. WEBHDFS_URL=http://namenode:9870")
-    env = {**os.environ, webhdfs.ENV_URL: url}
-    root = f"{os.environ.get('WEBHDFS_TEST_ROOT', '/tmp/tfhub-contract').rstrip('/')}/{uuid.uuid4().hex}"
-    with WebHdfsClient.from_env(env) as client:
-        client.mkdirs(root)
-        try:
-            yield Endpoint(client, root, None)
-        finally:
-            client.delete(root, recursive=True)
+@pytest.fixture
+def endpoint(tmp_path: Path) -> Iterator[Endpoint]:
+    # tests/hadoop/test_webhdfs_contract.py runs the same contract tests against a real NameNode.
+    with WebHdfsTestServer(tmp_path / "hdfs") as srv:
+        with WebHdfsClient(srv.url, user="tester", backoff_s=0.01) as client:
+            yield Endpoint(client, "/scratch", srv)
 
 
 @pytest.fixture
@@ -369,6 +354,110 @@ def test_connection_refused_is_retried_then_reported() -> None:
     with WebHdfsClient(f"http://127.0.0.1:{port}", retries=2, backoff_s=0.01) as c:
         with pytest.raises(WebHdfsError, match="^WebHDFS DELETE /x: ConnectionError after 3 attempts"):
             c.delete("/x")  # never sent, so retried although DELETE is not repeatable
+
+
+# -- NameNode high availability ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ha_server(tmp_path: Path) -> Iterator[WebHdfsTestServer]:
+    with WebHdfsTestServer(tmp_path / "hdfs", namenodes=2) as srv:
+        yield srv
+
+
+def test_namenode_urls_are_a_comma_separated_list(ha_server: WebHdfsTestServer) -> None:
+    nn1, nn2 = ha_server.urls
+    client = WebHdfsClient.from_env({webhdfs.ENV_URL: f" {nn1}/ , {nn2}"})
+    assert client.base_urls == (nn1, nn2) and client.base_url == nn1
+    for bad, why in [(f"{nn1},,{nn2}", "empty entry"), (f"{nn1},namenode:9870", "must start with http"),
+                     (f"{nn1},{nn1}/", "the same namenode twice")]:
+        with pytest.raises(WebHdfsError, match=f"^TFHUB_WEBHDFS_URL: .*{why}"):
+            WebHdfsClient.from_env({webhdfs.ENV_URL: bad})
+
+
+def test_client_fails_over_to_the_active_namenode_and_remembers_it(ha_server: WebHdfsTestServer) -> None:
+    nn1_port, nn2_port = ha_server.namenode_ports
+    ha_server.fail_over(to=1)  # the first namenode listed is the standby
+    with WebHdfsClient(ha_server.ha_url, user="tester", backoff_s=0.01) as c:
+        c.write_bytes("/ha/a.txt", b"first")
+        # The standby refused the first request as Hadoop's does (403, StandbyException), the active one did it.
+        first, *rest = ha_server.requests
+        assert (first.port, first.status, first.op) == (nn1_port, 403, "CREATE")
+        assert {r.port for r in rest if r.node == "namenode"} == {nn2_port} and c.base_url == ha_server.urls[1]
+
+        ha_server.clear_log()
+        ha_server.fail_over(to=0)  # a failover while the client is in use
+        assert c.read_bytes("/ha/a.txt") == b"first"
+        assert [(r.port, r.status) for r in ha_server.requests if r.node == "namenode"] == [
+            (nn2_port, 403), (nn1_port, 307)]
+
+        ha_server.clear_log()
+        ha_server.fail_over_after(0, to=1, gap=3)  # none active for the next 3 requests: the client waits
+        c.rename("/ha/a.txt", "/ha/b.txt")  # not idempotent, but a standby did not do it: safe to send again
+        assert [r.status for r in ha_server.requests] == [403, 403, 403, 200]
+        assert (ha_server.root / "ha" / "b.txt").read_bytes() == b"first"
+
+
+def test_client_fails_over_when_the_active_namenode_is_down(ha_server: WebHdfsTestServer) -> None:
+    with WebHdfsClient(ha_server.ha_url, user="tester", backoff_s=0.01) as c:
+        c.mkdirs("/d")
+        ha_server.stop_namenode(0)  # crashed: connections refused, and the other one takes over
+        ha_server.fail_over(to=1)
+        ha_server.clear_log()
+        c.write_bytes("/d/x.bin", b"x" * 10)
+        assert c.base_url == ha_server.urls[1]
+        assert [(r.node, r.op, r.status) for r in ha_server.requests] == [
+            ("namenode", "CREATE", 307), ("datanode", "CREATE", 201)]
+
+
+def test_no_active_namenode_is_reported_after_bounded_retries(ha_server: WebHdfsTestServer) -> None:
+    ha_server.fail_over_after(0, gap=100)
+    with WebHdfsClient(ha_server.ha_url, backoff_s=0.01, failover_retries=2) as c:
+        with pytest.raises(WebHdfsError, match="^WebHDFS GETFILESTATUS /x: StandbyException: Operation category READ "
+                                               "is not supported in state standby.*list every namenode") as excinfo:
+            c.status("/x")
+    assert _error(excinfo).exception == "StandbyException"
+    assert len(ha_server.requests) == 6  # 2 namenodes, tried 1 + 2 times each
+
+    with WebHdfsClient(ha_server.urls[0], backoff_s=0.01) as single:  # one namenode listed: no failover
+        with pytest.raises(WebHdfsError, match="StandbyException"):
+            single.status("/x")
+
+
+def test_unreachable_namenodes_are_reported_after_bounded_retries(ha_server: WebHdfsTestServer) -> None:
+    urls = ha_server.urls
+    ha_server.stop()
+    with WebHdfsClient(urls, backoff_s=0.01, failover_retries=1) as c:
+        with pytest.raises(WebHdfsError, match=f"^WebHDFS DELETE /x: ConnectionError after 4 attempts on each of the "
+                                               f"namenodes {urls[0]}, {urls[1]}"):
+            c.delete("/x")  # never sent, so retried although DELETE is not repeatable
+
+
+def test_status_during_create_reports_only_completed_blocks(tmp_path: Path) -> None:
+    """A NameNode knows a file under construction by its completed blocks, not by the bytes written so far."""
+    with WebHdfsTestServer(tmp_path / "hdfs", block_size=1024) as srv, requests.Session() as s:
+        base = f"{srv.url}/webhdfs/v1"
+        r = s.put(f"{base}/f.bin?op=CREATE&overwrite=true", allow_redirects=False)
+        seen: list[tuple[int, int]] = []
+        local = srv.root / "f.bin"
+
+        def body() -> Iterator[bytes]:
+            written = 0
+            for piece in (b"a" * 700, b"b" * 700, b"c" * 100):
+                yield piece
+                written += len(piece)
+                deadline = time.monotonic() + 30
+                while not (local.exists() and local.stat().st_size >= written):  # until the datanode has it
+                    assert time.monotonic() < deadline, f"the server did not write {written} bytes"
+                    time.sleep(0.01)
+                st = s.get(f"{base}/f.bin?op=GETFILESTATUS").json()["FileStatus"]
+                summary = s.get(f"{base}/?op=GETCONTENTSUMMARY").json()["ContentSummary"]
+                seen.append((st["length"], summary["length"]))
+
+        with requests.Session() as writer:
+            assert writer.put(r.headers["Location"], data=body()).status_code == 201
+        assert seen == [(0, 0), (1024, 1024), (1024, 1024)]
+        assert s.get(f"{base}/f.bin?op=GETFILESTATUS").json()["FileStatus"]["length"] == 1500
 
 
 # -- the test server keeps to the protocol ----------------------------------------------------------------------

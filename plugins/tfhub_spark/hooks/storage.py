@@ -2,15 +2,40 @@
 
 Airflow-side code only looks at markers and small JSON files (``_SUCCESS``, ``metrics.json``); data and models
 are read by the Spark applications.
+
+The HDFS provider's WebHDFS connection names the namenodes of a high-availability pair as several hosts separated
+by commas (one port): :func:`webhdfs_urls` turns it into their WebHDFS addresses, which the hook fails over
+between and which the operators hand to the jobs (``TFHUB_WEBHDFS_URL``), so the address is configured once.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from airflow.sdk.bases.hook import BaseHook
+
+
+def webhdfs_urls(conn: Any) -> list[str]:
+    """The WebHDFS address of each namenode of an Airflow WebHDFS connection, as the HDFS provider builds them.
+
+    :param conn: the connection (``conn_type`` ``webhdfs``): ``host`` is one namenode or several separated by
+        commas, all on ``port``; ``schema`` is a gateway's path prefix; ``extra`` ``use_ssl`` selects https.
+    :return: ``http[s]://host:port[/schema]`` per namenode, in the connection's order.
+    :raises ValueError: when the connection names no host.
+    """
+    hosts = [h.strip() for h in (conn.host or "").split(",")]
+    if not any(hosts) or not all(hosts):
+        raise ValueError(f"WebHDFS connection {conn.conn_id!r}: host {conn.host!r} must name the namenode, or the "
+                         f"namenodes of an HA pair separated by commas (e.g. nn1.example.com,nn2.example.com)")
+    use_ssl = conn.extra_dejson.get("use_ssl", False)
+    scheme = "https" if use_ssl is True or str(use_ssl).lower() == "true" else "http"
+    port = f":{conn.port}" if conn.port is not None else ""
+    schema = f"/{conn.schema}" if conn.schema else ""
+    return [f"{scheme}://{h}{port}{schema}" for h in hosts]
 
 
 @dataclass(frozen=True)
@@ -45,10 +70,27 @@ class StorageHook(BaseHook):
         return scheme, parsed.path
 
     def _webhdfs(self):
+        """The ``hdfs`` library client of the connection: the provider's (auth, TLS, Kerberos, proxy user), made
+        for the namenode that answered as the active one, then given every namenode of the connection, that one
+        first. The library sends each request to the namenode that last answered and moves on to the next on a
+        ``StandbyException`` or a connection error, so a failover while the hook is in use is survived.
+        """
         if self._client is None:
             from airflow.providers.apache.hdfs.hooks.webhdfs import WebHDFSHook
 
-            self._client = WebHDFSHook(webhdfs_conn_id=self.webhdfs_conn_id).get_conn()
+            hook = WebHDFSHook(webhdfs_conn_id=self.webhdfs_conn_id)
+            client = hook.get_conn()
+            urls = webhdfs_urls(hook.get_connection(self.webhdfs_conn_id))
+            if len(urls) > 1:
+                active = client.url.rstrip("/")
+                ordered = [active, *(u for u in urls if u != active)]
+                # What hdfs.Client.__init__ sets from a semicolon-separated URL list (its HA support).
+                client.url = ";".join(ordered)
+                client.urls = ordered
+                client._urls = deque(ordered)
+                self.log.info("WebHDFS connection %s: namenode %s is active; failover to %s", self.webhdfs_conn_id,
+                              active, ", ".join(ordered[1:]))
+            self._client = client
         return self._client
 
     def _hdfs_status(self, path: str) -> dict | None:

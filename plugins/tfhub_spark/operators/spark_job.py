@@ -9,6 +9,7 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import re
 
@@ -99,13 +100,18 @@ class PipelineSparkSubmitOperator(SparkSubmitOperator):
     """Runs ``tasks/<job>.py`` with ``spark-submit``, the ``tasks`` package on ``--py-files``.
 
     The deployment's Spark settings come from the ``spark_conf`` of the pipeline Variable, read when the task
-    runs (never when the DAG is parsed), under the operator's own ``conf``, which wins.
+    runs (never when the DAG is parsed), under the operator's own ``conf``, which wins. When the storage root is on
+    ``hdfs://``, the jobs' WebHDFS settings (``TFHUB_WEBHDFS_URL``: every namenode of the connection, separated by
+    commas; ``TFHUB_WEBHDFS_USER``: its login) come from the WebHDFS connection, the one Airflow itself reads
+    HDFS with: they go into the driver's environment (``env_vars``, which the Spark provider turns into
+    ``spark.yarn.appMasterEnv.*`` on YARN) and the executors' (``spark.executorEnv.*``).
 
     :param job: the application's module name in ``tasks/`` (``prepare_examples``, ``evaluate``...).
     :param job_args: the application's options, ``{"--flag": value}`` (templated); None values are left out.
     :param pipeline_variable: name of the pipeline Variable.
     :param tasks_dir: the ``tasks`` package folder; defaults to the Variable's ``tasks_dir``, then to the one
         beside ``plugins/``.
+    :param webhdfs_conn_id: the HDFS provider's WebHDFS connection the jobs' ``hdfs://`` settings come from.
     """
 
     template_fields: Sequence[str] = (*SparkSubmitOperator.template_fields, "job_args")
@@ -114,13 +120,14 @@ class PipelineSparkSubmitOperator(SparkSubmitOperator):
 
     def __init__(self, *, job: str, job_args: dict[str, Any] | None = None,
                  pipeline_variable: str = PIPELINE_VARIABLE, tasks_dir: str | None = None,
-                 conn_id: str = "spark_tfhub", **kwargs: Any) -> None:
+                 conn_id: str = "spark_tfhub", webhdfs_conn_id: str = "webhdfs_default", **kwargs: Any) -> None:
         kwargs.setdefault("name", f"tfhub-{job}")
         super().__init__(conn_id=conn_id, **kwargs)
         self.job = job
         self.job_args = job_args
         self.pipeline_variable = pipeline_variable
         self.tasks_dir = tasks_dir
+        self.webhdfs_conn_id = webhdfs_conn_id
 
     def job_conf(self, context) -> dict[str, Any]:
         """Spark properties the job itself needs, over the deployment's; subclasses add theirs."""
@@ -154,6 +161,56 @@ class PipelineSparkSubmitOperator(SparkSubmitOperator):
             setattr(self, self.SUBMIT_OPTIONS[key], value)
         self._hook = None  # built from the attributes above
 
+    #: The jobs' settings derived from the WebHDFS connection (see ``tasks/webhdfs.py``).
+    WEBHDFS_ENV = ("TFHUB_WEBHDFS_URL", "TFHUB_WEBHDFS_USER")
+
+    def webhdfs_env(self, pipeline: dict[str, Any]) -> dict[str, str]:
+        """The jobs' WebHDFS settings from the WebHDFS connection; none when the storage root is not on hdfs://.
+
+        :param pipeline: the pipeline Variable.
+        """
+        root = str(pipeline.get("storage_root") or "")
+        if urlparse(root).scheme != "hdfs":
+            return {}
+        from airflow.sdk.bases.hook import BaseHook
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
+        from tfhub_spark.hooks.storage import webhdfs_urls
+
+        try:
+            conn = BaseHook.get_connection(self.webhdfs_conn_id)
+        except AirflowNotFoundException as e:
+            raise ValueError(f"{self.task_id}: the storage root {root} is on hdfs://, and the jobs reach it over "
+                             f"WebHDFS at the namenodes of connection {self.webhdfs_conn_id!r}, which is not "
+                             f"defined; create it (conn_type webhdfs, host: the namenodes separated by commas, "
+                             f"port: their HTTP port, login: the HDFS user)") from e
+        env = {"TFHUB_WEBHDFS_URL": ",".join(webhdfs_urls(conn))}
+        if conn.login:
+            env["TFHUB_WEBHDFS_USER"] = conn.login
+        return env
+
+    def apply_webhdfs_env(self, pipeline: dict[str, Any]) -> None:
+        """Puts the jobs' WebHDFS settings into the driver's environment and the executors'; refuses a second,
+        hand-written copy of them in the Variable's ``spark_conf`` or a different one in ``conf``/``env_vars``."""
+        env = self.webhdfs_env(pipeline)
+        spark_conf = pipeline.get("spark_conf", {})
+        for name, value in env.items():
+            for key in (f"spark.executorEnv.{name}", f"spark.yarn.appMasterEnv.{name}"):
+                if key in spark_conf:
+                    raise ValueError(f"{self.pipeline_variable}.spark_conf sets {key}, which the operators derive "
+                                     f"from the WebHDFS connection {self.webhdfs_conn_id!r} ({value!r}): remove it "
+                                     f"from the Variable and configure the namenodes in the connection only")
+                if key in self.conf and self.conf[key] != value:
+                    raise ValueError(f"{self.task_id}: conf sets {key}={self.conf[key]!r}, but the WebHDFS "
+                                     f"connection {self.webhdfs_conn_id!r} gives {value!r}")
+            if (self.env_vars or {}).get(name, value) != value:
+                raise ValueError(f"{self.task_id}: env_vars sets {name}={self.env_vars[name]!r}, but the WebHDFS "
+                                 f"connection {self.webhdfs_conn_id!r} gives {value!r}")
+            self.conf[f"spark.executorEnv.{name}"] = value
+        if env:
+            self.env_vars = {**(self.env_vars or {}), **env}
+            self.log.info("jobs' WebHDFS settings from connection %s: %s", self.webhdfs_conn_id, env)
+
     def prepare_submit(self, context, zip_dir: str) -> None:
         """Resolves the application, its arguments, the Spark conf, and zips the ``tasks`` package into
         ``zip_dir`` for ``--py-files``.
@@ -162,6 +219,7 @@ class PipelineSparkSubmitOperator(SparkSubmitOperator):
         self.apply_submit_options(pipeline.get("submit_options", {}))
         self.resolved_tasks_dir = Path(self.tasks_dir or pipeline.get("tasks_dir") or DEFAULT_TASKS_DIR)
         self.conf = {**pipeline.get("spark_conf", {}), **self.job_conf(context), **(self.conf or {})}
+        self.apply_webhdfs_env(pipeline)
         self.application = str(self.resolved_tasks_dir / f"{self.job}.py")
         if not os.path.exists(self.application):
             raise FileNotFoundError(f"{self.task_id}: application {self.application} does not exist")
@@ -318,14 +376,13 @@ class ModelExportOperator(PipelineSparkSubmitOperator):
     ui_color = "#e8f5e9"
 
     def __init__(self, *, run_dir: str, examples: str, serving_root: str, model_name: str, version: str | int,
-                 webhdfs_conn_id: str = "webhdfs_default", **kwargs: Any) -> None:
+                 **kwargs: Any) -> None:
         super().__init__(job="export_model", **kwargs)
         self.run_dir = run_dir
         self.examples = examples
         self.serving_root = serving_root
         self.model_name = model_name
         self.version = version
-        self.webhdfs_conn_id = webhdfs_conn_id
 
     def build_application_args(self) -> list[str]:
         self.job_args = {"--run-dir": self.run_dir, "--examples": self.examples, "--serving-root": self.serving_root,
