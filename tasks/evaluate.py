@@ -12,6 +12,11 @@ Writes into ``<run_dir>/``:
 
 The ``gate`` task reads ``blessing.json``; an unblessed model is not exported.
 
+Both scorings (the candidate on the split, the baseline on the same records) run on the Spark executors through
+the scoring engine (``tasks.scoring``), one Spark task per TFRecord shard, the model loaded once per Python
+worker; the driver only merges the probabilities and computes the metrics. ``predict_split`` is the same
+computation in one process, the reference the engine is tested against.
+
 Usage::
 
     spark-submit tasks/evaluate.py --examples file:///.../examples/ds=... --run-dir file:///.../runs/ds=... \
@@ -31,7 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks import modality, plots, runtime, schema, storage
+from tasks import modality, plots, runtime, schema, scoring, storage
+from tasks.scoring import published_versions  # noqa: F401  (where it was before the scoring engine)
 
 log = logging.getLogger("evaluate")
 
@@ -75,6 +81,11 @@ def parse_args(argv: list[str]) -> Config:
             p.error(f"--{name.replace('_', '-')} must be within [0, 1], got {getattr(a, name)}")
     if bool(a.serving_root) != bool(a.model_name):
         p.error("--serving-root and --model-name go together")
+    for problem in [a.model_name and storage.check_name(a.model_name, "--model-name")] + [
+            storage.check_segments(getattr(a, k), f"--{k.replace('_', '-')}")
+            for k in ("examples", "run_dir", "serving_root")]:
+        if problem:
+            p.error(problem)
     return Config(**vars(a))
 
 
@@ -115,6 +126,7 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, labels: list[s
 
 def predict_split(model, files: list[str], image_size, batch_size: int,
                   task_type: str = modality.IMAGE_CLASSIFICATION) -> tuple[np.ndarray, np.ndarray]:
+    """Label ids and probabilities of a split scored in this process (the reference of ``score_split``)."""
     from tasks import model as M
 
     ds = M.make_dataset(files, image_size, batch_size, training=False, task_type=task_type)
@@ -125,30 +137,18 @@ def predict_split(model, files: list[str], image_size, batch_size: int,
     return np.concatenate(ys), np.concatenate(ps)
 
 
-def published_versions(serving_root: str, model_name: str) -> list[int]:
-    """Numeric versions with a complete SavedModel under ``<serving_root>/<model_name>/``, highest last."""
-    folder = storage.join(serving_root, model_name)
-    return sorted(int(name) for name in storage.list_names(folder)
-                  if name.isdigit() and storage.exists(storage.join(folder, name, "saved_model.pb")))
-
-
-def score_served_model(version_dir: Path, images: list[bytes], labels: list[str], batch_size: int,
-                       serving_input: str = modality.IMAGE.serving_input) -> dict:
-    """Accuracy of a published SavedModel on inputs as stored (image bytes, or texts), through its serving
-    signature, by class name."""
-    from tasks import model as M
-
-    serve = M.tf.saved_model.load(str(version_dir)).signatures["serving_default"]
-    takes = sorted(serve.structured_input_signature[1])
-    if serving_input not in takes:
-        raise RuntimeError(f"the published model {version_dir} takes {takes}, not {serving_input!r}: it is a model "
-                           "of another task type. Publish this one under another model_name")
-    predicted = []
-    for i in range(0, len(images), batch_size):
-        out = serve(**{serving_input: M.tf.constant(images[i:i + batch_size])})
-        predicted += [n.decode() for n in out["class_names"].numpy()]
-    correct = sum(p == t for p, t in zip(predicted, labels))
-    return {"accuracy": correct / len(labels) if labels else 0.0, "num_examples": len(labels)}
+def score_split(spark, cfg: Config, manifest: dict, model: scoring.ModelRef, labels: tuple[str, ...]):
+    """Scores the split on the executors; returns the record ids, label texts, label ids and probabilities, in
+    record id order."""
+    job = scoring.Job(source=cfg.examples, model=model, labels=labels, batch_size=cfg.batch_size, collect=True,
+                      webhdfs=storage.webhdfs_settings())
+    results = scoring.execute(spark, scoring.split_units(manifest, cfg.split), job)
+    bad = [b for r in results for b in r["bad"]]
+    if bad:  # prepared records were checked by prep: a refusal here is a broken model or dataset, not data
+        raise RuntimeError(f"{len(bad)} {cfg.split} records of {cfg.examples} could not be scored with {model.url}; "
+                           f"first: {bad[0][0]} ({bad[0][2]}: {bad[0][3]})")
+    log.info("scored %s with %s on the executors: %s", cfg.split, model.url, scoring.load_report(results))
+    return scoring.collected(results)
 
 
 def bless(metrics: dict, cfg: Config, baseline: dict | None) -> dict:
@@ -221,21 +221,22 @@ def write_report(path: Path, cfg: Config, manifest: dict, history: dict, finetun
     path.write_text("\n".join(lines))
 
 
-def run(cfg: Config) -> dict:
+def run(cfg: Config, spark=None) -> dict:
     """Scores, compares, blesses; returns the blessing record.
 
-    Inputs are read where they are for ``file://`` and downloaded into a scratch folder for ``hdfs://`` (the
-    model, the scored split's files, the baseline version); outputs are written to ``run_dir`` file by file, each
-    atomically.
+    The executors read the split's shards and the models where they are (``file://``) or download them
+    (``hdfs://``); outputs are written to ``run_dir`` file by file, each atomically.
     """
     runtime.set_legacy_keras()
+    if spark is None:
+        from pyspark.sql import SparkSession
+
+        spark = SparkSession.builder.appName(f"evaluate {cfg.run_dir}").getOrCreate()
     with tempfile.TemporaryDirectory(prefix="evaluate-") as scratch:
-        return _run(cfg, Path(scratch))
+        return _run(cfg, Path(scratch), spark)
 
 
-def _run(cfg: Config, scratch: Path) -> dict:
-    from tasks import model as M
-
+def _run(cfg: Config, scratch: Path, spark) -> dict:
     t0 = time.time()
     manifest = json.loads(storage.read_text(storage.join(cfg.examples, schema.MANIFEST)))
     history = json.loads(storage.read_text(storage.join(cfg.run_dir, "history.json")))
@@ -244,11 +245,10 @@ def _run(cfg: Config, scratch: Path) -> dict:
     names = [f["name"] for f in manifest["files"][cfg.split] if f["records"]]
     if not names:
         raise RuntimeError(f"split {cfg.split!r} of {cfg.examples} has no records to evaluate on")
-    examples = storage.fetch_files(cfg.examples, names, scratch / "examples")
-    model = M.load_trained(str(storage.fetch(storage.join(cfg.run_dir, "model"), scratch / "run")))
     kind = modality.of_manifest(manifest)
     size = tuple(history["image_size"]) if history.get("image_size") else None
-    y, probs = predict_split(model, [str(examples / name) for name in names], size, cfg.batch_size, kind.task_type)
+    candidate = scoring.ModelRef(storage.join(cfg.run_dir, "model"), scoring.KERAS, kind.task_type, size)
+    _, _, y, probs = score_split(spark, cfg, manifest, candidate, tuple(manifest["labels"]))
     if len(y) != manifest["counts"][cfg.split]:
         raise RuntimeError(f"read {len(y)} {cfg.split} records but the manifest counts {manifest['counts'][cfg.split]}")
     metrics = classification_metrics(y, probs, manifest["labels"])
@@ -266,13 +266,18 @@ def _run(cfg: Config, scratch: Path) -> dict:
     baseline = None
     versions = published_versions(cfg.serving_root, cfg.model_name) if cfg.serving_root else []
     if versions:
-        version_url = storage.join(cfg.serving_root, cfg.model_name, str(versions[-1]))
-        version_dir = storage.fetch(version_url, scratch / "baseline")
-        images, label_ids = M.read_split(str(examples), manifest, cfg.split)
-        scored = score_served_model(version_dir, images, [manifest["labels"][i] for i in label_ids], cfg.batch_size,
-                                    kind.serving_input)
-        baseline = {"version": versions[-1], "path": str(version_dir) if storage.scheme(version_url) == "file"
-                    else version_url, **scored}
+        served = scoring.resolve_served(cfg.serving_root, cfg.model_name, versions[-1])
+        if served.task_type != kind.task_type:
+            raise RuntimeError(f"the published model {served.url} is a {served.task_type} model, not "
+                               f"{kind.task_type}: publish this one under another model_name")
+        ref = scoring.ModelRef(served.url, scoring.SERVED, served.task_type)
+        _, base_texts, _, base_probs = score_split(spark, cfg, manifest, ref, served.labels)
+        # By class name: the baseline's vocabulary may be older than this dataset's.
+        predicted = [served.labels[i] for i in base_probs.argmax(axis=1)]
+        correct = sum(p == t for p, t in zip(predicted, base_texts))
+        scored = {"accuracy": correct / len(base_texts) if base_texts else 0.0, "num_examples": len(base_texts)}
+        baseline = {"version": versions[-1], "path": storage.local_path(served.url).as_posix()
+                    if storage.scheme(served.url) == "file" else served.url, **scored}
         log.info("baseline: published version %d re-scored on the same %d examples: accuracy %.4f", versions[-1],
                  scored["num_examples"], scored["accuracy"])
     else:

@@ -1,0 +1,132 @@
+"""Batch scoring: a day's raw partition through the published model, predictions as Parquet.
+
+choose_run -> wait_for_raw_partition -> score_partition -> summarize
+
+Daily like ``tfhub_finetune`` (the run scores the partition of its data interval start with the model's highest
+published version, or the ``version`` param), and also whenever a model is published (the ``tfhub_served_model``
+Asset): then it scores the partition that version was trained on, with that version, replacing that day's
+predictions. Predictions go to ``<data>/predictions/<model>/ds=<partition>/``; records that do not decode to
+``<data>/quarantine/predictions/<model>/ds=<partition>/``.
+
+Wiring only: scoring runs on the Spark executors in ``tasks/score_partition.py`` (the model loaded once per Python
+worker). Deployment settings come from the ``spark_tfhub`` connection and the ``tfhub_pipeline`` Variable, read
+when tasks run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+from airflow.sdk import AssetOrTimeSchedule, CronDataIntervalTimetable, Param, chain, dag, task
+from airflow.sdk.configuration import conf
+
+from tfhub_spark.assets import SERVED_MODEL
+from tfhub_spark.callbacks import log_failure, log_retry
+from tfhub_spark.operators.spark_job import PipelineSparkSubmitOperator
+from tfhub_spark.params import FOLDER_NAME
+from tfhub_spark.sensors.partition import PartitionReadySensor
+
+SCHEDULE = os.environ.get("TFHUB_BATCH_SCORE_SCHEDULE", "0 0 * * *")
+SENSOR_DEFERRABLE = conf.getboolean("operators", "default_deferrable", fallback=True)
+
+SPARK_CONN_ID = "spark_tfhub"
+WEBHDFS_CONN_ID = "webhdfs_tfhub"
+
+ROOT = "{{ var.json.tfhub_pipeline.storage_root }}"
+DATA = ROOT + "{{ '/' ~ params.dataset if params.dataset else '' }}"
+CHOSEN = "ti.xcom_pull(task_ids='choose_run')"
+DS = "{{ " + CHOSEN + "['partition'] }}"
+VERSION = "{{ " + CHOSEN + "['version'] }}"
+MODEL_NAME = "{{ " + CHOSEN + "['model_name'] }}"
+RAW = f"{DATA}/raw/ds={DS}"
+PREDICTIONS = f"{DATA}/predictions/{MODEL_NAME}/ds={DS}"
+
+PARAMS = {
+    "partition": Param(None, type=["null", "string"], format="date",
+                       description="Date partition to score, YYYY-MM-DD. Empty: the run's data interval start, or "
+                                   "for a run triggered by a publication, the partition that version was trained on."),
+    "version": Param(None, type=["null", "integer"], minimum=1,
+                     description="Published version to score with (serving/<model_name>/<version>). Empty: the "
+                                 "highest published version, or the one whose publication triggered the run."),
+    "dataset": Param(None, type=["null", "string"], pattern=FOLDER_NAME,
+                     description="Folder under the storage root holding this dataset's raw/ (and where "
+                                 "predictions/ and quarantine/ go). Empty: the storage root itself."),
+    "model_name": Param(None, type=["null", "string"], pattern=FOLDER_NAME,
+                        description="Model to score with, as published by tfhub_finetune. Empty: the "
+                                    "tfhub_pipeline Variable's model_name."),
+    "layout": Param("manifest", type="string", enum=["manifest", "folders", "parquet", "csv"],
+                    description="How the raw partition is laid out (as for tfhub_finetune). The task type is the "
+                                "model's."),
+    "max_bad_fraction": Param(0.05, type="number", minimum=0, maximum=1,
+                              description="Fail when more than this fraction of records cannot be scored (they are "
+                                          "quarantined with their reason either way)."),
+    "drift_threshold": Param(0.25, type="number", minimum=0, maximum=1,
+                             description="Warn when the predicted class distribution is farther than this (total "
+                                         "variation) from the label distribution the model was trained on."),
+    "batch_size": Param(64, type="integer", minimum=1, maximum=4096, description="Records per model call."),
+}
+
+
+@dag(
+    dag_id="tfhub_batch_score",
+    # Daily, a run covering [start, end) scores the partition of its start; and on every published model.
+    schedule=AssetOrTimeSchedule(timetable=CronDataIntervalTimetable(SCHEDULE, timezone="UTC"),
+                                 assets=[SERVED_MODEL]),
+    start_date=dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc),
+    catchup=False,
+    max_active_runs=2,
+    params=PARAMS,
+    default_args={
+        "retries": 2,
+        "retry_delay": dt.timedelta(minutes=1),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": dt.timedelta(minutes=15),
+        "on_failure_callback": log_failure,
+        "on_retry_callback": log_retry,
+    },
+    tags=["tfhub", "spark", "ml"],
+    doc_md=__doc__,
+)
+def tfhub_batch_score():
+    @task.short_circuit(task_id="choose_run", execution_timeout=dt.timedelta(minutes=5))
+    def choose_run(model_name: str, params=None, data_interval_start=None, triggering_asset_events=None) -> dict:
+        from tfhub_spark.batch_score import choose_run as choose
+
+        return choose(model_name, params["partition"], params["version"], data_interval_start,
+                      triggering_asset_events)
+
+    wait_for_raw_partition = PartitionReadySensor(
+        task_id="wait_for_raw_partition",
+        path=RAW,
+        webhdfs_conn_id=WEBHDFS_CONN_ID,
+        deferrable=SENSOR_DEFERRABLE,
+        mode="reschedule",
+        poke_interval=60,
+        timeout=12 * 3600,
+    )
+    score_partition = PipelineSparkSubmitOperator(
+        task_id="score_partition",
+        job="score_partition",
+        conn_id=SPARK_CONN_ID,
+        webhdfs_conn_id=WEBHDFS_CONN_ID,
+        job_args={"--raw": RAW, "--output": PREDICTIONS, "--serving-root": f"{ROOT}/serving",
+                  "--model-name": MODEL_NAME, "--version": VERSION, "--partition": DS,
+                  "--layout": "{{ params.layout }}", "--max-bad-fraction": "{{ params.max_bad_fraction }}",
+                  "--drift-threshold": "{{ params.drift_threshold }}", "--batch-size": "{{ params.batch_size }}"},
+        # Each Python worker keeps the model it loaded for the next tasks it runs (tasks/scoring.py).
+        conf={"spark.python.worker.reuse": "true"},
+        execution_timeout=dt.timedelta(hours=2),
+    )
+
+    @task(task_id="summarize", execution_timeout=dt.timedelta(minutes=10))
+    def summarize(stats_url: str) -> dict:
+        from tfhub_spark.batch_score import summarize as read
+
+        return read(stats_url, webhdfs_conn_id=WEBHDFS_CONN_ID)
+
+    chain(choose_run("{{ params.model_name or var.json.tfhub_pipeline.model_name }}"), wait_for_raw_partition,
+          score_partition, summarize(f"{PREDICTIONS}/_stats.json"))
+
+
+tfhub_batch_score()
