@@ -27,7 +27,7 @@ else
 $(error TASK=$(TASK): use TASK=image (the default) or TASK=text)
 endif
 
-.PHONY: help setup system-deps venv airflow-setup hub-module demo-data demo test bench clean
+.PHONY: help setup system-deps venv airflow-setup hub-module demo-data demo test bench clean hadoop-up hadoop-down
 
 help:
 	@echo "make demo     set up what is missing, then run the whole DAG on the embedded default"
@@ -35,6 +35,7 @@ help:
 	@echo "make test     run the test suite (unit, DAG, end to end)"
 	@echo "make bench    run the benchmarks"
 	@echo "make setup    only install: system packages, virtualenv, Airflow home"
+	@echo "make hadoop-up / hadoop-down   start / stop a local HDFS + YARN (hadoop/MiniHadoop.java)"
 
 system-deps:
 	@bash scripts/system_deps.sh
@@ -70,6 +71,13 @@ test: airflow-setup
 
 bench: venv
 	@$(ENV) for b in bench/bench_*.py; do echo "== $$b"; python "$$b" || exit 1; done
+
+# The local Hadoop (HDFS + YARN of Hadoop 3.5.0 in one JVM, hadoop/MiniHadoop.java); see docs/cluster.md.
+hadoop-up: venv
+	@$(ENV) python -m tests.support.minihadoop up
+
+hadoop-down:
+	@$(ENV) python -m tests.support.minihadoop down
 
 clean:
 	rm -rf var
