@@ -1,10 +1,21 @@
-"""Shared fixtures: an isolated Airflow home, a small hub module, generated image partitions."""
+"""Shared fixtures: an isolated Airflow home, a small hub module, generated image partitions, and what is costly
+and can be shared across modules, built once per session: the demo hub module, a prepared demo dataset, a whole
+DAG run that trained and published a demo model (image and text), and one ``airflow standalone``.
+
+Session fixtures are read-only for their users: a test that writes copies them first (``copy_storage``).
+Every run ends with ``pytest total: N s`` and the ten slowest tests, with their phases.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -71,6 +82,242 @@ def demo_hub_module(tmp_path_factory) -> Path:
 
 def install_hub_module(module: Path, storage: Path) -> None:
     """Puts a built hub module where the DAG's default ``hub_module`` param looks: ``<storage>/hub/shapes_fv_32``."""
-    import shutil
-
     shutil.copytree(module, storage / "hub" / "shapes_fv_32")
+
+
+# --- the closing summary: the session's wall time and the ten slowest tests --------------------------------------
+
+_SESSION_START = time.monotonic()
+_PHASES: dict[str, dict[str, float]] = {}
+_SUMMARY_PRINTED: list[bool] = []
+
+
+def pytest_runtest_logreport(report) -> None:
+    _PHASES.setdefault(report.nodeid, {})[report.when] = report.duration
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter) -> None:
+    if _SUMMARY_PRINTED:  # an interrupted session calls this hook twice
+        return
+    _SUMMARY_PRINTED.append(True)
+    total = time.monotonic() - _SESSION_START
+    slowest = sorted(_PHASES.items(), key=lambda kv: sum(kv[1].values()), reverse=True)[:10]
+    tr = terminalreporter
+    tr.write_sep("=", "time budget")
+    tr.write_line(f"pytest total: {total:.0f} s ({total / 60:.1f} min, budget of `make test`: 35 min)")
+    tr.write_line("slowest ten tests (setup includes the module or session fixtures the test was the first to use):")
+    for nodeid, phases in slowest:
+        parts = ", ".join(f"{when} {phases[when]:.1f} s" for when in ("setup", "call", "teardown") if when in phases)
+        tr.write_line(f"{sum(phases.values()):8.1f} s  {nodeid}  ({parts})")
+
+
+# --- session fixtures that tests of several modules share ------------------------------------------------------
+
+def airflow_env(home: Path, storage: Path) -> dict:
+    """The environment of an Airflow CLI on its own home and storage root."""
+    env = dict(os.environ)
+    env.update(AIRFLOW_HOME=str(home), TFHUB_STORAGE_ROOT=f"file://{storage}")
+    return env
+
+
+def airflow_sh(cmd: str, env: dict, timeout: int) -> subprocess.CompletedProcess:
+    """Runs ``cmd`` in bash with ``scripts/env.sh`` sourced, from the repository root."""
+    return subprocess.run(["bash", "-c", f". {ROOT}/scripts/env.sh && {cmd}"], env=env, capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT)
+
+
+def setup_airflow_home(home: Path, storage: Path) -> dict:
+    """An Airflow home set up by the project's script for the storage root ``storage``; returns its env."""
+    env = airflow_env(home, storage)
+    setup = airflow_sh("bash scripts/setup_airflow.sh", env, timeout=300)
+    assert setup.returncode == 0, setup.stdout[-3000:] + setup.stderr[-3000:]
+    return env
+
+
+@dataclasses.dataclass(frozen=True)
+class DagRunResult:
+    """One ``airflow dags test tfhub_finetune`` on its own Airflow home and storage root. Read-only for its users.
+
+    Attributes:
+        base: the folder holding ``airflow/`` (the Airflow home), ``storage/`` and ``dags-test.log``.
+        storage: the storage root (a plain path; the DAG saw ``file://<storage>``).
+        env: the environment the run had (``AIRFLOW_HOME``, ``TFHUB_STORAGE_ROOT``).
+        ds: the partition the run processed.
+        run_date: the logical date given to ``airflow dags test``.
+        result: the finished ``airflow dags test`` process (``returncode``, ``stdout``, ``stderr``).
+    """
+
+    base: Path
+    storage: Path
+    env: dict
+    ds: str
+    run_date: str
+    result: subprocess.CompletedProcess
+
+    @property
+    def output(self) -> str:
+        return self.result.stdout + self.result.stderr
+
+
+DEMO_DS = "2026-11-20"
+DEMO_RUN_DATE = "2026-11-21"
+
+
+@pytest.fixture(scope="session")
+def trained_demo_run(tmp_path_factory, demo_hub_module) -> DagRunResult:
+    """The image demo through the whole DAG, once per session: the demo hub module at ``hub/shapes_fv_32``, the
+    generated 600-image partition ``raw/ds=2026-11-20``, prepared into ``examples/ds=2026-11-20``, trained and
+    evaluated in ``runs/ds=2026-11-20`` (15 epochs, default params) and published as
+    ``serving/shapes/20261120``, by ``airflow dags test tfhub_finetune 2026-11-21``.
+
+    The run's success is not asserted here (the end-to-end test does): check ``result.returncode`` first.
+    Read-only: copy it (``copy_storage``) to write.
+    """
+    from tasks.demo import make_dataset
+
+    base = tmp_path_factory.mktemp("trained-demo")
+    home, storage = base / "airflow", base / "storage"
+    env = setup_airflow_home(home, storage)
+    install_hub_module(demo_hub_module, storage)
+    make_dataset.run(make_dataset.Config(raw_root=f"file://{storage}/raw", ds=DEMO_DS))
+    res = airflow_sh(f"airflow dags test tfhub_finetune {DEMO_RUN_DATE}", env, timeout=1500)
+    (base / "dags-test.log").write_text(res.stdout + res.stderr)
+    return DagRunResult(base, storage, env, DEMO_DS, DEMO_RUN_DATE, res)
+
+
+TEXT_CONF = {"task_type": "text_classification", "layout": "csv", "dataset": "topics", "model_name": "topics"}
+TEXT_BAD_ROWS = [("bad-blank", "   ", "sports"), ("bad-nolabel", "a text with no label at all", "")]  # id,text,label
+
+
+@pytest.fixture(scope="session")
+def trained_text_run(tmp_path_factory) -> DagRunResult:
+    """The text demo through the whole DAG, once per session, with ``TEXT_CONF``: the demo text module at
+    ``hub/text_embed_64`` (default pre-training), a generated CSV partition ``topics/raw/ds=2026-11-20`` of 600
+    texts plus ``TEXT_BAD_ROWS``, prepared, trained (15 epochs), evaluated and published as
+    ``serving/topics/20261120``. Success is not asserted here; read-only.
+    """
+    import csv
+
+    from tasks.demo import make_text_dataset, make_text_module
+
+    base = tmp_path_factory.mktemp("trained-text")
+    home, storage = base / "airflow", base / "storage"
+    env = setup_airflow_home(home, storage)
+    # Where the DAG looks when hub_module is empty and task_type is text_classification.
+    make_text_module.run(make_text_module.Config(output=f"file://{storage}/hub/text_embed_64"))
+    make_text_dataset.run(make_text_dataset.Config(raw_root=f"file://{storage}/topics/raw", ds=DEMO_DS))
+    part = storage / "topics" / "raw" / f"ds={DEMO_DS}"
+    (part / "_SUCCESS").unlink()
+    with open(part / "texts.csv", "a", newline="") as f:
+        csv.writer(f).writerows(TEXT_BAD_ROWS)
+    (part / "_SUCCESS").write_bytes(b"")
+    res = airflow_sh(f"airflow dags test tfhub_finetune {DEMO_RUN_DATE} -c '{json.dumps(TEXT_CONF)}'", env,
+                     timeout=1500)
+    (base / "dags-test.log").write_text(res.stdout + res.stderr)
+    return DagRunResult(base, storage, env, DEMO_DS, DEMO_RUN_DATE, res)
+
+
+def copy_storage(run: DagRunResult, dest: Path) -> tuple[Path, dict]:
+    """A writable copy of a session run: its storage root under ``dest/storage`` and a copy of its Airflow home
+    under ``dest/airflow`` (database, connections, pools). Returns the storage root and the environment for
+    ``airflow_sh``, in which the ``tfhub_pipeline`` Variable names the copy (``AIRFLOW_VAR_TFHUB_PIPELINE``, which
+    Airflow reads before the database), so no setup runs again.
+    """
+    storage, home = dest / "storage", dest / "airflow"
+    shutil.copytree(run.storage, storage, symlinks=True)
+    # Without airflow.cfg, Airflow writes a new one whose paths (database, logs) are under the new home.
+    shutil.copytree(run.base / "airflow", home, ignore=shutil.ignore_patterns("logs", "airflow.cfg", "*.pid"))
+    variables = json.loads((home / "rendered-config" / "variables.json").read_text())
+    pipeline = {**variables["tfhub_pipeline"], "storage_root": f"file://{storage}"}
+    env = airflow_env(home, storage)
+    env["AIRFLOW_VAR_TFHUB_PIPELINE"] = json.dumps(pipeline)
+    return storage, env
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedDataset:
+    """A generated demo partition and its prepared examples, built once per session. Read-only.
+
+    Attributes:
+        root: a storage root holding ``raw/ds=<ds>/`` and ``examples/ds=<ds>/``.
+        ds: the partition.
+        num_images: records in the raw partition.
+        min_shards: ``--min-shards`` of the prep (4: two per worker of a 2-worker training).
+    """
+
+    root: Path
+    ds: str
+    num_images: int
+    min_shards: int
+
+    @property
+    def raw(self) -> Path:
+        return self.root / "raw" / f"ds={self.ds}"
+
+    @property
+    def examples(self) -> Path:
+        return self.root / "examples" / f"ds={self.ds}"
+
+    def copy_to(self, root: Path) -> Path:
+        """Copies ``raw/`` and ``examples/`` under another storage root; returns its ``examples/ds=...``."""
+        for sub in ("raw", "examples"):
+            shutil.copytree(self.root / sub, root / sub, dirs_exist_ok=True)
+        return root / "examples" / f"ds={self.ds}"
+
+
+@pytest.fixture(scope="session")
+def prepared_demo_dataset(tmp_path_factory, spark) -> PreparedDataset:
+    """The demo's 600-image partition ``2026-11-20`` (default seed), prepared by the prep stage on the shared
+    local Spark session with 4 shards minimum: the dataset of the tests that train on "a dataset"."""
+    from tasks import prepare_examples as P
+
+    root = tmp_path_factory.mktemp("prepared-demo")
+    data = PreparedDataset(root, DEMO_DS, 600, 4)
+    make_partition(root / "raw", data.ds, data.num_images)
+    P.run(P.Config(raw=f"file://{data.raw}", output=f"file://{data.examples}", min_shards=data.min_shards), spark)
+    return data
+
+
+# One `airflow standalone` for the session's scheduler tests; stopped after the last test that uses it, so that
+# its scheduler and DAG processor do not compete with the rest of the suite for the CPUs.
+_STANDALONE_USERS: list = []
+_STANDALONE: list = []
+
+
+def pytest_collection_finish(session) -> None:
+    _STANDALONE_USERS[:] = [item for item in session.items if "scheduler_airflow" in getattr(item, "fixturenames", ())]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    try:
+        return (yield)
+    finally:
+        if _STANDALONE and _STANDALONE_USERS and item is _STANDALONE_USERS[-1]:
+            _STANDALONE.pop().stop()
+
+
+@pytest.fixture(scope="session")
+def scheduler_airflow(tmp_path_factory, demo_hub_module):
+    """A running ``airflow standalone`` (scheduler, DAG processor, triggerer, API server) on its own Airflow home
+    and storage root (``.storage``, with the demo hub module at ``hub/shapes_fv_32``), shared by every test of
+    the session that drives the DAGs through a real scheduler; stopped after the last of them.
+
+    The DAGs start paused; a test that unpauses one pauses it again. Runs stay in the database: count what a test
+    adds, never assume an empty list. Unpausing ``tfhub_finetune`` makes the scheduler create the run of the
+    latest daily interval, which tests/e2e/test_scheduler.py's late-partition test expects to be the first to
+    create: other modules leave ``tfhub_finetune`` paused (their own DAGs are theirs to unpause).
+    """
+    from tests.support.airflow_standalone import AirflowStandalone
+
+    base = tmp_path_factory.mktemp("scheduler")
+    storage = base / "storage"
+    storage.mkdir()
+    install_hub_module(demo_hub_module, storage)
+    airflow = AirflowStandalone(base, f"file://{storage}")
+    airflow.storage = storage
+    airflow.start()
+    _STANDALONE.append(airflow)
+    yield airflow
+    airflow.stop()

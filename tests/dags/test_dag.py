@@ -21,7 +21,7 @@ def dagbag():
 
 def test_no_import_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert sorted(dagbag.dags) == ["tfhub_finetune", "tfhub_model_consumer"]
+    assert sorted(dagbag.dags) == ["tfhub_batch_score", "tfhub_finetune", "tfhub_model_consumer"]
 
 
 def test_task_graph_is_the_pipeline(dagbag):

@@ -1,7 +1,8 @@
 """The whole DAG through Airflow's real task runner (`airflow dags test`), on a fresh Airflow home and storage.
 
-Builds the demo hub module with its default pre-training and a generated partition, runs the DAG for the day
-2026-11-20 (run date 2026-11-21: the partition comes from the run's data interval), then checks the outputs.
+The session fixture ``trained_demo_run`` (tests/conftest.py) builds the demo hub module with its default
+pre-training and a generated partition and runs the DAG for the day 2026-11-20 (run date 2026-11-21: the
+partition comes from the run's data interval); this module checks the outputs.
 """
 
 from __future__ import annotations
@@ -18,38 +19,17 @@ import pytest
 
 from tasks import schema
 from tasks.demo import make_dataset, shapes
-from tests.conftest import install_hub_module
+from tests.conftest import DEMO_DS as DS
+from tests.conftest import airflow_sh as sh
+from tests.conftest import copy_storage
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
-DS = "2026-11-20"
-RUN_DATE = "2026-11-21"
-
-
-def airflow_env(home: Path, storage: Path) -> dict:
-    env = dict(os.environ)
-    env.update(AIRFLOW_HOME=str(home), TFHUB_STORAGE_ROOT=f"file://{storage}")
-    return env
-
-
-def sh(cmd: str, env: dict, timeout: int) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "-c", f". {ROOT}/scripts/env.sh && {cmd}"], env=env, capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT)
-
 
 @pytest.fixture(scope="module")
-def dag_run(tmp_path_factory, demo_hub_module):
-    base = tmp_path_factory.mktemp("e2e")
-    home, storage = base / "airflow", base / "storage"
-    env = airflow_env(home, storage)
-    setup = sh("bash scripts/setup_airflow.sh", env, timeout=300)
-    assert setup.returncode == 0, setup.stdout[-3000:] + setup.stderr[-3000:]
-    install_hub_module(demo_hub_module, storage)
-    make_dataset.run(make_dataset.Config(raw_root=f"file://{storage}/raw", ds=DS))
-    res = sh(f"airflow dags test tfhub_finetune {RUN_DATE}", env, timeout=1500)
-    (base / "dags-test.log").write_text(res.stdout + res.stderr)
-    return base, storage, res
+def dag_run(trained_demo_run):
+    """The session's image demo run (``trained_demo_run``): this module checks what it did."""
+    return trained_demo_run.base, trained_demo_run.storage, trained_demo_run.result
 
 
 def shuffle_train_labels(partition: Path, fractions=(0.7, 0.1, 0.2), seed: int = 3) -> None:
@@ -70,11 +50,12 @@ def shuffle_train_labels(partition: Path, fractions=(0.7, 0.1, 0.2), seed: int =
 
 
 @pytest.fixture(scope="module")
-def worse_candidate_run(dag_run):
-    """A second day whose training labels are shuffled; min_accuracy 0 so that only the baseline can refuse it."""
-    base, storage, first = dag_run
-    assert first.returncode == 0, "the first run must publish the baseline"
-    env = airflow_env(base / "airflow", storage)
+def worse_candidate_run(trained_demo_run, tmp_path_factory):
+    """A second day whose training labels are shuffled; min_accuracy 0 so that only the baseline can refuse it.
+    Runs on a copy of the session's demo run (whose published model is the baseline), which stays read-only."""
+    assert trained_demo_run.result.returncode == 0, "the first run must publish the baseline"
+    base = tmp_path_factory.mktemp("e2e-worse")
+    storage, env = copy_storage(trained_demo_run, base)
     part = Path(make_dataset.run(make_dataset.Config(raw_root=f"file://{storage}/raw", ds="2026-11-21"))[7:])
     shuffle_train_labels(part)
     res = sh("airflow dags test tfhub_finetune 2026-11-22 -c '{\"min_accuracy\": 0.0}'", env, timeout=1500)

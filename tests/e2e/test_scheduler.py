@@ -2,7 +2,9 @@
 the UI uses: trigger forms and their validation, a scheduled run whose partition arrives late, a backfill and a
 reprocess, and killing a running training task.
 
-The tests of this module share one Airflow and run in file order.
+The tests of this module share the session's Airflow (``scheduler_airflow`` in tests/conftest.py) and run in file
+order. Whole-DAG runs use small partitions, one epoch and one worker where the test is about the scheduler, not
+the model: every task still runs.
 """
 
 from __future__ import annotations
@@ -10,37 +12,32 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import time
+import re
 from pathlib import Path
 
 import psutil
 import pytest
+import requests
 
 from tasks.demo import make_dataset
-from tests.conftest import install_hub_module
-from tests.support.airflow_standalone import AirflowStandalone
 
 pytestmark = pytest.mark.e2e
 
 DAG = "tfhub_finetune"
-# Quick runs where the model's quality is not the point: two epochs, and every model is blessed.
-QUICK = {"epochs": 2, "min_accuracy": 0.0, "baseline_tolerance": 1.0}
+# Quick runs where the model's quality is not the point: one epoch, one worker, and every model is blessed.
+QUICK = {"epochs": 1, "num_workers": 1, "min_accuracy": 0.0, "baseline_tolerance": 1.0}
+SMALL = 64
+"""Images of a partition whose model's quality is not the point: enough for records in every split."""
+LATE_PARTITION_IMAGES = 96
+"""The late partition, trained with the DAG's defaults (two workers, 15 epochs): small, records in every split."""
 
 
 @pytest.fixture(scope="module")
-def af(tmp_path_factory, demo_hub_module):
-    base = tmp_path_factory.mktemp("scheduler")
-    storage = base / "storage"
-    storage.mkdir()
-    install_hub_module(demo_hub_module, storage)
-    airflow = AirflowStandalone(base, f"file://{storage}")
-    airflow.storage = storage
-    airflow.start()
-    yield airflow
-    airflow.stop()
+def af(scheduler_airflow):
+    return scheduler_airflow
 
 
-def make_partition(af, ds: str, n: int = 160) -> None:
+def make_partition(af, ds: str, n: int = SMALL) -> None:
     make_dataset.run(make_dataset.Config(raw_root=f"file://{af.storage}/raw", ds=ds, num_images=n))
 
 
@@ -66,24 +63,40 @@ def tree_digest(path: Path) -> str:
 
 
 def test_invalid_param_is_refused_and_no_run_is_created(af):
+    before = af.runs(DAG)
     r = af.post(f"/dags/{DAG}/dagRuns", {"logical_date": None, "conf": {"epochs": 0}})
     assert r.status_code in (400, 422), r.text
     assert "epochs" in r.text
     r = af.post(f"/dags/{DAG}/dagRuns", {"logical_date": None, "conf": {"partition": "2026-13-45"}})
     assert r.status_code in (400, 422), r.text
-    assert af.runs(DAG) == []
+    # Folder names that would step out of the storage root (issue 16, item 10).
+    for param in ("dataset", "model_name"):
+        r = af.post(f"/dags/{DAG}/dagRuns", {"logical_date": None, "conf": {param: ".."}})
+        assert r.status_code == 400 and f"Invalid input for param {param}" in r.text, r.text
+    assert af.runs(DAG) == before
+
+
+def utc_yesterday(at: dt.datetime) -> str:
+    return (at - dt.timedelta(days=1)).strftime("%Y-%m-%d")
 
 
 def test_scheduled_run_waits_for_late_partition_while_a_manual_run_uses_its_params(af):
+    known = {x["dag_run_id"] for x in af.runs(DAG)}
+    unpaused_at = dt.datetime.now(dt.timezone.utc)
     r = af.patch(f"/dags/{DAG}", {"is_paused": False})
     assert r.status_code == 200, r.text
     # Unpaused with catchup off, the scheduler creates the run of the latest complete interval.
-    scheduled = af.wait_for(lambda: [x for x in af.runs(DAG) if x["run_type"] == "scheduled"], 120,
-                            "a scheduled run")[0]
+    new_scheduled = af.wait_for(lambda: sorted((x for x in af.runs(DAG) if x["run_type"] == "scheduled"
+                                                and x["dag_run_id"] not in known), key=lambda x: x["logical_date"]),
+                                120, "a scheduled run")
+    seen_at = dt.datetime.now(dt.timezone.utc)
+    scheduled = new_scheduled[0]
     ds = dt.datetime.fromisoformat(scheduled["data_interval_start"]).strftime("%Y-%m-%d")
-    assert ds == (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)).strftime("%Y-%m-%d")
+    # The interval that ended last at the moment the scheduler created the run: the day before that moment's
+    # UTC date. The moment lies between the unpause and the answer; only across midnight do the two differ.
+    assert ds in {utc_yesterday(unpaused_at), utc_yesterday(seen_at)}, (ds, unpaused_at, seen_at)
     af.wait_for(lambda: af.task_states(DAG, scheduled["dag_run_id"]).get("wait_for_raw_partition") == "deferred",
-                180, "the sensor deferred to the triggerer")
+                180, "the sensor deferred to the triggerer", interval=1)
 
     # Meanwhile a user triggers a run for another day with their own params.
     make_partition(af, "2026-11-10")
@@ -97,13 +110,19 @@ def test_scheduled_run_waits_for_late_partition_while_a_manual_run_uses_its_para
     assert "raw/ds=2026-11-10" in task_log(af, manual, "wait_for_raw_partition")
     assert (af.storage / "serving/shapes/20261110/saved_model.pb").exists()
 
-    # The scheduled run is still waiting; the partition arrives; the run finishes.
+    # The scheduled run is still waiting; the partition arrives; the run finishes (with the DAG's defaults).
     assert af.task_states(DAG, scheduled["dag_run_id"])["wait_for_raw_partition"] == "deferred"
-    make_partition(af, ds, n=240)
+    make_partition(af, ds, n=LATE_PARTITION_IMAGES)
     assert af.wait_run(DAG, scheduled["dag_run_id"])["state"] == "success", \
         af.task_states(DAG, scheduled["dag_run_id"])
-    assert json.loads((af.storage / f"examples/ds={ds}/manifest.json").read_text())["num_records"] == 240
+    assert json.loads((af.storage / f"examples/ds={ds}/manifest.json").read_text())["num_records"] == \
+        LATE_PARTITION_IMAGES
     af.patch(f"/dags/{DAG}", {"is_paused": True})
+    # Had the test crossed UTC midnight, the scheduler made the next day's run too: it must not wait on.
+    for extra in af.runs(DAG):
+        if extra["run_type"] == "scheduled" and extra["dag_run_id"] not in known | {scheduled["dag_run_id"]} \
+                and extra["state"] in ("queued", "running"):
+            af.patch(f"/dags/{DAG}/dagRuns/{extra['dag_run_id']}", {"state": "failed"})
 
 
 def test_backfill_processes_each_date_and_reprocessing_one_touches_nothing_else(af):
@@ -114,7 +133,7 @@ def test_backfill_processes_each_date_and_reprocessing_one_touches_nothing_else(
     backfill = af.create_backfill({"dag_id": DAG, "from_date": "2026-11-05T00:00:00Z",
                                    "to_date": "2026-11-07T00:00:00Z", "dag_run_conf": QUICK, "max_active_runs": 2})
     done = af.wait_for(lambda: af.get(f"/backfills/{backfill['id']}")["completed_at"], 1500, "backfill completed",
-                       interval=5)
+                       interval=2)
     assert done
     runs = [x for x in af.runs(DAG) if x["run_type"] == "backfill"]
     assert sorted(x["logical_date"][:10] for x in runs) == dates
@@ -134,7 +153,7 @@ def test_backfill_processes_each_date_and_reprocessing_one_touches_nothing_else(
                                 "to_date": "2026-11-06T00:00:00Z", "dag_run_conf": QUICK,
                                 "reprocess_behavior": "completed"})
     af.wait_for(lambda: af.get(f"/backfills/{again['id']}")["completed_at"], 900, "reprocess completed",
-                interval=5)
+                interval=2)
     af.patch(f"/dags/{DAG}", {"is_paused": True})
     run = [x for x in af.runs(DAG) if x["run_type"] == "backfill" and x["logical_date"].startswith("2026-11-06")]
     assert [x["state"] for x in run] == ["success"]
@@ -184,6 +203,7 @@ def test_browser_triggers_the_dag_through_its_form(af, tmp_path):
         assert form.get_attribute("value") == "15"  # the param's default, shown by the form
         browser.find_element(By.NAME, "element_partition").send_keys("11132026")  # a date input: mm dd yyyy
         set_value("element_epochs", "2")
+        set_value("element_num_workers", "1")
         set_value("element_min_accuracy", "0")
         set_value("element_baseline_tolerance", "1")
         browser.find_element(By.XPATH, "//*[@role='dialog']//button[normalize-space()='Trigger']").click()
@@ -193,6 +213,7 @@ def test_browser_triggers_the_dag_through_its_form(af, tmp_path):
 
         run = af.wait_for(triggered, 60, "a run triggered from the browser")[0]
         assert run["conf"]["epochs"] == 2 and run["run_type"] == "manual"
+        assert run["conf"]["num_workers"] == 1
         assert af.wait_run(DAG, run["dag_run_id"])["state"] == "success"
         browser.get(f"{af.url}/dags/{DAG}/runs/{run['dag_run_id']}")
         # The run's page shows its state (as "Success"): what the user sees after triggering.
@@ -206,34 +227,86 @@ def test_browser_triggers_the_dag_through_its_form(af, tmp_path):
     assert len(history["history"]) == 2
 
 
-def test_killing_a_running_training_task_leaves_no_spark_or_tf_process(af):
-    make_partition(af, "2026-11-12")
-    af.patch(f"/dags/{DAG}", {"is_paused": False})
-    run_id = trigger(af, {**QUICK, "partition": "2026-11-12", "epochs": 200})
+HELLO = re.compile(r"worker (\d+) of attempt (\d+) started: pid (\d+)")
+# Spark's own line (the driver's UI serves the application's REST API): "Successfully started service 'SparkUI' on
+# port 4040."
+SPARK_UI_PORT = re.compile(r"Successfully started service 'SparkUI' on port (\d+)")
 
-    def training_tree():
+
+def test_killing_a_running_training_task_leaves_no_spark_or_tf_process(af):
+    make_partition(af, "2026-11-12", n=96)
+    af.patch(f"/dags/{DAG}", {"is_paused": False})
+    # Small batches, many epochs: 200 epochs of 8 steps, a training that lasts while the test looks at it.
+    run_id = trigger(af, {**QUICK, "partition": "2026-11-12", "epochs": 200, "num_workers": 2, "batch_size": 8})
+
+    def spark_submit() -> psutil.Process | None:
         for p in psutil.process_iter(["cmdline"]):
             cmd = " ".join(p.info["cmdline"] or [])
             if "finetune.py" in cmd and "runs/ds=2026-11-12" in cmd and "SparkSubmit" in cmd:
-                try:
-                    tree = [p] + p.children(recursive=True)
-                except psutil.NoSuchProcess:
-                    return None
-                pythons = [c for c in tree if "python" in (c.name() or "")]
-                return tree if len(pythons) >= 3 else None  # the PySpark daemon and two TF workers
+                return p
         return None
 
-    tree = af.wait_for(training_tree, 600, "TensorFlow workers running", interval=2)
-    time.sleep(5)
-    tree = training_tree() or tree
-    pids = {p.pid for p in tree}
+    def training():
+        """The running training as the process tree and the Spark application show it, once both workers train:
+        ``(spark-submit's tree, the workers' pids, the application's REST API)``."""
+        if af.task_states(DAG, run_id).get("finetune") != "running" or (submit := spark_submit()) is None:
+            return None
+        log = task_log(af, run_id, "finetune")
+        workers = {int(m.group(1)): int(m.group(3)) for m in HELLO.finditer(log)}
+        training_ranks = {r for r in (0, 1) if re.search(rf"worker {r} epoch \d+/200 ", log)}
+        if not (ui := SPARK_UI_PORT.search(log)) or sorted(workers) != [0, 1] or training_ranks != {0, 1}:
+            return None
+        try:
+            tree = [submit] + submit.children(recursive=True)
+        except psutil.NoSuchProcess:
+            return None
+        # The workers the job reports are TensorFlow processes of this spark-submit's tree...
+        if not set(workers.values()) <= {p.pid for p in tree}:
+            return None
+        # ...and Spark runs the barrier stage of the application: two tasks active.
+        api = f"http://127.0.0.1:{ui.group(1)}/api/v1/applications"
+        try:
+            apps = [a for a in requests.get(api, timeout=5).json() if "ds=2026-11-12" in a["name"]]
+            if not apps:
+                return None
+            app_id = apps[0]["id"]
+            stages = requests.get(f"{api}/{app_id}/stages", params={"status": "active"}, timeout=5).json()
+        except requests.RequestException:
+            return None
+        if not any(st["numActiveTasks"] == 2 for st in stages):
+            return None
+        return tree, workers, api, app_id
+
+    tree, workers, api, app_id = af.wait_for(training, 600, "both TensorFlow workers training in the Spark application",
+                                     interval=1)
+    # Whatever the tree holds at the moment of the kill, by process identity (pid and start time).
+    tree = set(tree)
+    if submit := spark_submit():
+        try:
+            tree |= {submit, *submit.children(recursive=True)}
+        except psutil.NoSuchProcess:
+            pass
     r = af.patch(f"/dags/{DAG}/dagRuns/{run_id}/taskInstances/finetune", {"new_state": "failed"})
     assert r.status_code == 200, r.text
 
-    def all_gone():
-        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
-        return not alive or None
+    def alive(p: psutil.Process) -> bool:
+        try:
+            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
 
-    af.wait_for(all_gone, 120, f"processes {sorted(pids)} stopped", interval=2)
+    def application_gone() -> bool:
+        try:
+            listed = requests.get(api, timeout=5).json()
+        except requests.ConnectionError:
+            return True  # nothing serves the application's UI port any more
+        return app_id not in {a["id"] for a in listed}  # the port went to another Spark application
+
+    def all_gone():
+        left = [p.pid for p in tree if alive(p)]
+        return (not left and spark_submit() is None and application_gone()) or None
+
+    af.wait_for(all_gone, 120, f"spark-submit's tree {sorted(p.pid for p in tree)} (workers {workers}) and the "
+                               f"Spark application {app_id} at {api} gone", interval=1)
     af.patch(f"/dags/{DAG}", {"is_paused": True})
     assert af.task_states(DAG, run_id)["finetune"] == "failed"

@@ -1,9 +1,10 @@
 """The same DAG with ``task_type=text_classification``, through Airflow's real task runner (`airflow dags test`).
 
-Builds the demo text module with its default pre-training and a generated CSV partition of texts (plus a few bad
-rows), under its own dataset folder and model name, runs the DAG for 2026-11-20, and checks the outputs: the
-same stages, TFRecords of texts, the accuracy bar of the image test, and an exported model that classifies
-held-back sentences in a fresh process with plain TensorFlow.
+The session fixture ``trained_text_run`` (tests/conftest.py) builds the demo text module with its default
+pre-training and a generated CSV partition of texts (plus a few bad rows), under its own dataset folder and model
+name, and runs the DAG for 2026-11-20; this module checks the outputs: the same stages, TFRecords of texts, the
+accuracy bar of the image test, and an exported model that classifies held-back sentences in a fresh process
+with plain TensorFlow.
 """
 
 from __future__ import annotations
@@ -19,33 +20,16 @@ import numpy as np
 import pytest
 
 from tasks import schema
-from tasks.demo import make_text_dataset, make_text_module, text
-from tests.e2e.test_pipeline_e2e import DS, RUN_DATE, airflow_env, sh
+from tasks.demo import text
+from tests.conftest import DEMO_DS as DS
 
 pytestmark = pytest.mark.e2e
 
-CONF = {"task_type": "text_classification", "layout": "csv", "dataset": "topics", "model_name": "topics"}
-BAD_ROWS = [("bad-blank", "   ", "sports"), ("bad-nolabel", "a text with no label at all", "")]  # id,text,label
-
 
 @pytest.fixture(scope="module")
-def text_run(tmp_path_factory):
-    base = tmp_path_factory.mktemp("e2e-text")
-    home, storage = base / "airflow", base / "storage"
-    env = airflow_env(home, storage)
-    setup = sh("bash scripts/setup_airflow.sh", env, timeout=300)
-    assert setup.returncode == 0, setup.stdout[-3000:] + setup.stderr[-3000:]
-    # Where the DAG looks when hub_module is empty and task_type is text_classification.
-    make_text_module.run(make_text_module.Config(output=f"file://{storage}/hub/text_embed_64"))
-    make_text_dataset.run(make_text_dataset.Config(raw_root=f"file://{storage}/topics/raw", ds=DS))
-    part = storage / "topics" / "raw" / f"ds={DS}"
-    (part / "_SUCCESS").unlink()
-    with open(part / "texts.csv", "a", newline="") as f:
-        csv.writer(f).writerows(BAD_ROWS)
-    (part / "_SUCCESS").write_bytes(b"")
-    res = sh(f"airflow dags test tfhub_finetune {RUN_DATE} -c '{json.dumps(CONF)}'", env, timeout=1500)
-    (base / "dags-test.log").write_text(res.stdout + res.stderr)
-    return storage, res
+def text_run(trained_text_run):
+    """The session's text demo run (``trained_text_run``, with ``TEXT_CONF`` and ``TEXT_BAD_ROWS``)."""
+    return trained_text_run.storage, trained_text_run.result
 
 
 def test_text_dag_run_succeeds_through_the_same_stages(text_run):

@@ -23,9 +23,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tasks import prepare_examples as P
 from tasks import schema, tfrecord
-from tests.conftest import make_partition
+from tests.conftest import PreparedDataset
 from tests.support.spark_standalone import SPARK_SUBMIT, SparkStandalone, daemon_env
 from tests.support.webhdfs_server import WebHdfsTestServer
 
@@ -74,19 +73,19 @@ def tasks_zip(tmp_path_factory) -> Path:
     return Path(build_tasks_zip(ROOT / "tasks", str(tmp_path_factory.mktemp("pyfiles"))))
 
 
-def prepare(spark, root: Path, demo_hub_module: Path) -> Path:
-    """A generated partition prepared into ``<root>/examples/ds=...``, and the demo module at ``<root>/hub/``."""
-    raw = make_partition(root / "raw", PARTITION, NUM_IMAGES)
-    examples = root / "examples" / f"ds={PARTITION}"
-    P.run(P.Config(raw=f"file://{raw}", output=f"file://{examples}", min_shards=4), spark)
+def prepare(prepared: PreparedDataset, root: Path, demo_hub_module: Path) -> Path:
+    """The session's prepared demo partition copied to ``<root>/examples/ds=...`` (and ``raw/``), and the demo
+    module at ``<root>/hub/``."""
+    assert (prepared.ds, prepared.num_images, prepared.min_shards) == (PARTITION, NUM_IMAGES, 4)
+    examples = prepared.copy_to(root)
     shutil.copytree(demo_hub_module, root / "hub" / "shapes_fv_32")
     return examples
 
 
 @pytest.fixture(scope="module")
-def storage_root(spark, demo_hub_module, tmp_path_factory) -> Path:
+def storage_root(prepared_demo_dataset, demo_hub_module, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("storage")
-    prepare(spark, root, demo_hub_module)
+    prepare(prepared_demo_dataset, root, demo_hub_module)
     return root
 
 
@@ -220,10 +219,11 @@ def skew(examples: Path, fraction: float = 0.85) -> list[int]:
     return [f["records"] for f in files]
 
 
-def test_skewed_shards_on_hdfs_finish_with_equal_steps(cluster, tasks_zip, spark, demo_hub_module, tmp_path):
+def test_skewed_shards_on_hdfs_finish_with_equal_steps(cluster, tasks_zip, prepared_demo_dataset, demo_hub_module,
+                                                       tmp_path):
     with WebHdfsTestServer(tmp_path / "hdfs") as srv:
         root = srv.root / "tfhub"
-        examples = prepare(spark, root, demo_hub_module)
+        examples = prepare(prepared_demo_dataset, root, demo_hub_module)
         counts = skew(examples)
         assert counts[0] >= 5 * counts[1] > 0
         hdfs_root = "hdfs://namenode:8020/tfhub"

@@ -46,7 +46,11 @@ class AirflowStandalone:
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "5",
+            # New files are parsed when the refresh finds them; the DAG files do not change during a test
+            # session, and parsing them every few seconds takes CPU from the runs on a 2-core machine.
+            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "120",
+            # The sensor checks a late partition every 5 s, not every minute: tests wait for the event.
+            "TFHUB_PARTITION_POKE_INTERVAL": "5",
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
             "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "2",
             "AIRFLOW__CORE__PARALLELISM": "8",
@@ -59,7 +63,7 @@ class AirflowStandalone:
         return subprocess.run(["bash", "-c", f". {ROOT}/scripts/env.sh && {cmd}"], env=self.env, cwd=ROOT,
                               capture_output=True, text=True, timeout=timeout)
 
-    def start(self, timeout: float = 240) -> None:
+    def start(self, timeout: float = 420) -> None:
         setup = self.sh("bash scripts/setup_airflow.sh")
         if setup.returncode:
             raise RuntimeError(f"setup failed:\n{setup.stdout[-3000:]}\n{setup.stderr[-3000:]}")
@@ -67,6 +71,13 @@ class AirflowStandalone:
         self.proc = subprocess.Popen(["bash", "-c", f". {ROOT}/scripts/env.sh && exec airflow standalone"],
                                      env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
+        try:
+            self._wait_ready(timeout)
+        except BaseException:  # not ready, or the session was interrupted: no fixture teardown will stop it
+            self.stop()
+            raise
+
+    def _wait_ready(self, timeout: float) -> None:
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
