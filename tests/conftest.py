@@ -226,8 +226,11 @@ def copy_storage(run: DagRunResult, dest: Path) -> tuple[Path, dict]:
     """
     storage, home = dest / "storage", dest / "airflow"
     shutil.copytree(run.storage, storage, symlinks=True)
-    # Without airflow.cfg, Airflow writes a new one whose paths (database, logs) are under the new home.
     shutil.copytree(run.base / "airflow", home, ignore=shutil.ignore_patterns("logs", "airflow.cfg", "*.pid"))
+    # airflow.cfg holds the Fernet key the connections are encrypted with: keep it, with its paths (database, logs)
+    # moved under the new home.
+    cfg = (run.base / "airflow" / "airflow.cfg").read_text()
+    (home / "airflow.cfg").write_text(cfg.replace(str(run.base / "airflow"), str(home)))
     variables = json.loads((home / "rendered-config" / "variables.json").read_text())
     pipeline = {**variables["tfhub_pipeline"], "storage_root": f"file://{storage}"}
     env = airflow_env(home, storage)
