@@ -114,6 +114,10 @@ class AirflowStandalone:
                 p.kill()
             except psutil.NoSuchProcess:
                 pass
+        try:  # what a dead scheduler left behind (its executor's workers) is no child of anyone here any more
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         self.proc = None
 
     # REST API, as the UI calls it.
@@ -149,13 +153,35 @@ class AirflowStandalone:
         tis = self.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
         return {ti["task_id"]: ti["state"] for ti in tis}
 
+    def scheduler_alive(self) -> bool:
+        """False when the scheduler's heartbeat is stale. On SQLite, Airflow 3.3's scheduler can die of an
+        ``ObjectDeletedError`` when a backfill's runs are rolled back under it (the 503 "database is locked" of
+        ``POST /backfills``); ``airflow standalone`` does not start it again."""
+        try:
+            health = requests.get(f"{self.api}/monitor/health", timeout=5).json()
+        except requests.RequestException:
+            return True  # the API server is busy: no verdict
+        return health.get("scheduler", {}).get("status") != "unhealthy"
+
+    def restart(self) -> None:
+        """Stops every process of ``airflow standalone`` and starts it again on the same home and database."""
+        self.log_path.with_suffix(f".{int(time.time())}.log").write_text(self.log_tail(200_000))
+        self.stop()
+        self.start()
+
     def wait_for(self, predicate, timeout: float, what: str, interval: float = 3):
         deadline = time.time() + timeout
         last = None
+        stale = 0
         while time.time() < deadline:
             last = predicate()
             if last:
                 return last
+            stale = 0 if self.scheduler_alive() else stale + 1
+            if stale >= 3:  # a dead scheduler, as a user would see it in the UI's health: start it again
+                print(f"airflow scheduler is dead while waiting for {what}; restarting airflow standalone")
+                self.restart()
+                stale = 0
             time.sleep(interval)
         raise TimeoutError(f"{what} not reached after {timeout}s (last: {last!r})\n{self.log_tail(3000)}")
 
