@@ -5,16 +5,19 @@ and a few corrupt, truncated and empty files) into the same sharded TFRecords:
 
 * ours: ``tasks.prepare_examples.run`` on Spark ``local[*]``, with a session already started (its start-up time
   is printed apart: spark-submit pays it once per job, whatever the data);
-* baseline: one Python process that lists and plans the partition with the same code, then for each shard reads
-  every file, checks it with the same ``image_check.check_image`` and writes it with ``tf.io.TFRecordWriter``
-  (bad records to a quarantine file, the same way). The ``tf.train.Example`` bytes come from the same encoder as
-  ours (``tasks.tfrecord``): TensorFlow's protobuf runtime serialises the feature map in another order ("label/text"
-  before "label" even with ``deterministic=True``), which TensorFlow parses the same but which is not the same
-  bytes;
+* baseline: one Python process that lists and plans the partition with the job's ``plan_partition``, then for
+  each shard reads every file, checks it with the same ``image_check.check_image`` and writes it with
+  ``tf.io.TFRecordWriter`` (bad records to a quarantine file, the same way). The ``tf.train.Example`` bytes come
+  from the same encoder as ours (``prep_tasks.example_bytes``): TensorFlow's protobuf runtime serialises the
+  feature map in another order ("label/text" before "label" even with ``deterministic=True``), which TensorFlow
+  parses the same but which is not the same bytes;
 * ceiling: ``tf.io.TFRecordWriter.write`` alone, on the records already serialised.
 
 The TFRecord files of ours and the baseline must be byte-identical, or the benchmark fails. It prints records/s
-of each and ends with ``prep_speedup=<ours/baseline>``.
+of each, then ``prep_records_per_sec=`` (ours), ``prep_ceiling_records_per_sec=``, ``prep_fraction_of_ceiling=``
+(ours over the ceiling), and ends with ``prep_speedup=<ours/baseline>``. It uses prep's public interface only:
+``prepare_examples.run`` for ours; ``prepare_examples.plan_partition``, ``image_check.check_image`` and
+``prep_tasks.example_bytes`` for the baseline.
 
 The partition is generated once into ``var/bench/raw/`` (about 1 GB with the defaults, about a minute on two
 cores) and reused. Settings: ``BENCH_PREP_IMAGES`` (default 20000), ``BENCH_PREP_DIR`` (default
@@ -151,22 +154,25 @@ def run_ours(spark, raw: Path, out: Path):
     return time.time() - t, tree_cpu_seconds() - cpu, manifest
 
 
-def run_baseline(raw: Path, out: Path, tf) -> tuple[float, float, int]:
-    """The single-process loop: same plan, same checks, same Example bytes, tf.io.TFRecordWriter."""
-    from tasks import image_check, layouts, prep_tasks, schema, storage, tfrecord, vocabulary
+def run_baseline(raw: Path, out: Path, tf) -> tuple[float, float, int, float]:
+    """The single-process loop: the job's own listing and plan (``plan_partition``), the same check
+    (``image_check.check_image``) and Example bytes (``prep_tasks.example_bytes``), ``tf.io.TFRecordWriter``.
+
+    Returns:
+        Wall seconds, CPU seconds, records written, and the seconds of those spent in ``check_image``.
+    """
+    from tasks import image_check, modality, prep_tasks, schema, storage, tfrecord
     from tasks import prepare_examples as P
 
     t, cpu = time.time(), time.process_time()
     cfg = P.Config(raw=f"file://{raw}", output=f"file://{out}/examples/{DS}")
-    listed = layouts.list_partition(cfg.layout, cfg.raw, cfg.labels_file, P.id_column(cfg), cfg.label_column,
-                                    P.input_column(cfg))
-    plan = P.make_plan(listed, vocabulary.Vocabulary(P.vocabulary_url(cfg), 0, ()), cfg, DS)
+    _, plan = P.plan_partition(cfg)
     bounds = image_check.Bounds(cfg.min_image_side, cfg.max_image_side, cfg.max_image_bytes)
     dest = out / "examples" / DS
     dest.mkdir(parents=True)
     raw_dir = storage.local_path(cfg.raw)
 
-    written = 0
+    written, checking = 0, 0.0
     with tf.io.TFRecordWriter(str(out / "quarantine.tfrecord")) as bad_writer:
         for task in plan.tasks:
             with tf.io.TFRecordWriter(str(dest / task.name)) as writer:
@@ -174,21 +180,22 @@ def run_baseline(raw: Path, out: Path, tf) -> tuple[float, float, int]:
                     data = (raw_dir / r.source).read_bytes() if r.source else b""
                     problem = r.problem
                     if problem is None:
+                        started = time.perf_counter()
                         try:
                             info = image_check.check_image(data, bounds)
                         except image_check.BadRecord as bad:
                             problem = (bad.reason, bad.detail)
+                        checking += time.perf_counter() - started
                     if problem is None:
-                        writer.write(tfrecord.encode_example({
-                            schema.IMAGE: data, schema.FORMAT: info.format, schema.LABEL: r.label_id,
-                            schema.LABEL_TEXT: r.label, schema.RECORD_ID: r.id}))
+                        writer.write(prep_tasks.example_bytes(r.id, data, info.format, r.label_id, r.label,
+                                                              modality.IMAGE))
                         written += 1
                     else:
                         bad_writer.write(tfrecord.encode_example({
                             schema.RECORD_ID: r.id, schema.LABEL_TEXT: r.label,
                             prep_tasks.QUARANTINE_REASON: problem[0], prep_tasks.QUARANTINE_DETAIL: problem[1],
                             prep_tasks.QUARANTINE_SOURCE: r.source, schema.IMAGE: data}))
-    return time.time() - t, time.process_time() - cpu, written
+    return time.time() - t, time.process_time() - cpu, written, checking
 
 
 def ceiling(files: list[Path], tf, scratch: Path) -> tuple[float, int, int]:
@@ -236,9 +243,10 @@ def main() -> int:
             f"{manifest['bad_records']} bad) in {ours_s:.1f}s = {total / ours_s:.0f} records/s")
         spark.stop()
 
-        base_s, base_cpu, written = run_baseline(raw, work / "baseline", tf)
+        base_s, base_cpu, written, checking = run_baseline(raw, work / "baseline", tf)
         say(f"baseline (one Python process, tf.io.TFRecordWriter): {total} records ({written} valid) in "
-            f"{base_s:.1f}s = {total / base_s:.0f} records/s")
+            f"{base_s:.1f}s = {total / base_s:.0f} records/s; image checks {checking:.1f}s of it "
+            f"({100 * checking / base_s:.0f}%, {1000 * checking / total:.2f} ms a record)")
 
         ours_dir, base_dir = work / "ours" / "examples" / DS, work / "baseline" / "examples" / DS
         names = [f["name"] for s in manifest["files"].values() for f in s]
@@ -253,6 +261,9 @@ def main() -> int:
         say(f"ceiling (TFRecordWriter.write on pre-serialised records): {n} records, {nbytes / 2**20:.0f} MB in "
             f"{ceil_s:.2f}s = {n / ceil_s:.0f} records/s; ours runs at {100 * (total / ours_s) / (n / ceil_s):.1f}% "
             f"of it, the baseline at {100 * (total / base_s) / (n / ceil_s):.1f}%")
+        print(f"prep_records_per_sec={total / ours_s:.0f}")
+        print(f"prep_ceiling_records_per_sec={n / ceil_s:.0f}")
+        print(f"prep_fraction_of_ceiling={(total / ours_s) / (n / ceil_s):.3f}")
         say(f"CPU time: ours {ours_cpu:.1f}s (driver, JVM and Python workers), baseline {base_cpu:.1f}s: ours "
             f"spends {100 * (ours_cpu / base_cpu - 1):+.0f}% CPU; on {cores} idle cores its wall time cannot go below "
             f"{ours_cpu / cores:.1f}s, a speedup of at most {base_cpu / (ours_cpu / cores):.2f}")

@@ -16,6 +16,7 @@ from tasks import image_check, prep_stats, schema, vocabulary
 from tasks import prepare_examples as P
 from tests.conftest import make_partition
 from tests.support import partitions as parts
+from tests.tasks.test_image_check import IMAGE_REASONS
 
 
 def prep(root, raw, **kw):
@@ -59,6 +60,13 @@ def test_valid_records_are_written_and_every_bad_one_is_quarantined_with_its_rea
         assert q[schema.IMAGE] == ((raw / rel).read_bytes() if (raw / rel).exists() else b"")
     truncated = next(q for q in index if q["id"] == "images/truncated.jpg")
     assert "image file is truncated" in truncated["detail"] and truncated["label"] == "circle"
+    # Through Spark too, each image's reason and detail are those of the reference check, a full decode.
+    bounds = image_check.Bounds(P.Config.min_image_side, P.Config.max_image_side, P.Config.max_image_bytes)
+    for q in index:
+        if q["reason"] in IMAGE_REASONS:
+            with pytest.raises(image_check.BadRecord) as reference:
+                image_check.check_image_full((raw / q["id"]).read_bytes(), bounds)
+            assert (q["reason"], q["detail"]) == (reference.value.reason, reference.value.detail)
 
     stats = json.loads((tmp_path / "examples" / raw.name / P.STATS).read_text())
     assert stats["records"] == {"total": 24 + len(expected_bad), "valid": 24, "bad": len(expected_bad),
