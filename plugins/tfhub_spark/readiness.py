@@ -25,7 +25,9 @@ def check_partition(hook: StorageHook, path: str, marker: str = "_SUCCESS", min_
     """Says whether the partition at ``path`` is complete, and if not, what is missing.
 
     Ready means: the ``marker`` exists, no in-flight (``_COPYING_``, temporary) files remain anywhere under the
-    partition, and at least ``min_files`` data files holding ``min_bytes`` bytes are there.
+    partition, at least ``min_files`` data files holding ``min_bytes`` bytes are there, and no file is still held
+    open by a writer. On HDFS a file under construction lists like any other (with the length of its completed
+    blocks), so the last check asks the NameNode about each file; it runs only once everything else is ready.
     """
     base = path.rstrip("/")
     top = hook.list(base)
@@ -33,6 +35,7 @@ def check_partition(hook: StorageHook, path: str, marker: str = "_SUCCESS", min_
         return Readiness(False, f"{base} does not exist or is empty")
     files = nbytes = 0
     in_flight: list[str] = []
+    urls: list[str] = []
     pending = [(base, top)]
     while pending:
         folder, entries = pending.pop()
@@ -45,6 +48,7 @@ def check_partition(hook: StorageHook, path: str, marker: str = "_SUCCESS", min_
             elif not (folder == base and e.name == marker):
                 files += 1
                 nbytes += e.size
+                urls.append(url)
     if not any(e.name == marker and not e.is_dir for e in top):
         return Readiness(False, f"{base} has no {marker} marker yet ({files} files, {nbytes} bytes so far)", files,
                          nbytes)
@@ -55,4 +59,8 @@ def check_partition(hook: StorageHook, path: str, marker: str = "_SUCCESS", min_
         return Readiness(False, f"{base} has {files} data files, fewer than min_files={min_files}", files, nbytes)
     if nbytes < min_bytes:
         return Readiness(False, f"{base} holds {nbytes} bytes, fewer than min_bytes={min_bytes}", files, nbytes)
+    for url in urls:
+        if hook.being_written(url):
+            return Readiness(False, f"{base} has {marker} but {url} is still open for writing (a writer holds its "
+                                    f"lease)", files, nbytes)
     return Readiness(True, f"{base} is complete: {marker}, {files} files, {nbytes} bytes", files, nbytes)

@@ -116,10 +116,20 @@ def observe(base_url: str, root: str) -> dict[str, object]:
     while call("GET", f"{root}/growing.bin", "GETFILESTATUS").status_code == 404 and time.monotonic() < deadline:
         time.sleep(0.1)
     during = call("GET", f"{root}/growing.bin", "GETFILESTATUS").json()["FileStatus"]["length"]
+
+    def under_construction() -> tuple:
+        r = call("GET", f"{root}/growing.bin", "GET_BLOCK_LOCATIONS", offset="0", length="1")
+        return r.status_code, r.json()["LocatedBlocks"]["isUnderConstruction"]
+
+    uc_during = under_construction()
     release.set()
     writer.join(60)
     after = call("GET", f"{root}/growing.bin", "GETFILESTATUS").json()["FileStatus"]["length"]
     seen["length during and after CREATE"] = (during, after, writer_result)
+    # What the partition sensor asks to tell a file still being written from a complete one.
+    seen["under construction during and after CREATE"] = (uc_during, under_construction())
+    seen["block locations of a folder"] = sig(call("GET", root, "GET_BLOCK_LOCATIONS"))
+    seen["block locations of a missing file"] = sig(call("GET", f"{root}/missing", "GET_BLOCK_LOCATIONS"))
     return seen
 
 

@@ -27,7 +27,8 @@ implements, including the parts clients get wrong most often:
 - request bodies may come with ``Content-Length`` or ``Transfer-Encoding: chunked``; connections are kept alive
   (HTTP/1.1).
 
-Operations: ``GETFILESTATUS``, ``LISTSTATUS``, ``GETCONTENTSUMMARY``, ``GETHOMEDIRECTORY``, ``OPEN`` (``offset``,
+Operations: ``GETFILESTATUS``, ``LISTSTATUS``, ``GETCONTENTSUMMARY``, ``GETHOMEDIRECTORY``, ``GET_BLOCK_LOCATIONS``
+(only ``isUnderConstruction``, ``fileLength`` and ``isLastBlockComplete``), ``OPEN`` (``offset``,
 ``length``), ``MKDIRS``, ``CREATE`` (``overwrite``, ``permission``, ``noredirect``), ``APPEND``, ``RENAME``,
 ``DELETE``. Other valid WebHDFS operations answer ``UnsupportedOperationException`` (400), unknown ones
 ``IllegalArgumentException`` (400). There is no permission checking, no quota and one datanode; owners are the
@@ -71,7 +72,7 @@ _VALID_OPS = {
             "GETHOMEDIRECTORY", "GETDELEGATIONTOKEN", "GETTRASHROOT", "GETXATTRS", "LISTXATTRS", "GETACLSTATUS",
             "CHECKACCESS", "LISTSTATUS_BATCH", "GETALLSTORAGEPOLICY", "GETSTORAGEPOLICY", "GETSNAPSHOTDIFF",
             "GETSNAPSHOTTABLEDIRECTORYLIST", "GETFILEBLOCKLOCATIONS", "GETSERVERDEFAULTS", "GETSTATUS",
-            "GETECPOLICY", "GETSNAPSHOTLIST"},
+            "GETECPOLICY", "GETSNAPSHOTLIST", "GET_BLOCK_LOCATIONS"},
     "PUT": {"CREATE", "MKDIRS", "CREATESYMLINK", "RENAME", "SETREPLICATION", "SETOWNER", "SETPERMISSION",
             "SETTIMES", "RENEWDELEGATIONTOKEN", "CANCELDELEGATIONTOKEN", "MODIFYACLENTRIES", "REMOVEACLENTRIES",
             "REMOVEDEFAULTACL", "REMOVEACL", "SETACL", "SETXATTR", "REMOVEXATTR", "ALLOWSNAPSHOT",
@@ -222,6 +223,9 @@ class _Namespace:
 
     def end_write(self, fd: int) -> None:
         self._writing.pop(os.fstat(fd).st_ino, None)
+
+    def is_being_written(self, st: os.stat_result) -> bool:
+        return st.st_ino in self._writing
 
     def length_of(self, st: os.stat_result) -> int:
         """A file's length as a NameNode reports it: for a file under construction, only its completed blocks
@@ -528,6 +532,7 @@ class _NamenodeHandler(_Handler):
             "LISTSTATUS": self.list_status,
             "GETCONTENTSUMMARY": self.get_content_summary,
             "GETHOMEDIRECTORY": self.get_home_directory,
+            "GET_BLOCK_LOCATIONS": self.get_block_locations,
             "OPEN": self.open,
             "MKDIRS": self.mkdirs,
             "RENAME": self.rename,
@@ -577,6 +582,18 @@ class _NamenodeHandler(_Handler):
             "directoryCount": dirs, "fileCount": files, "length": length, "quota": -1,
             "spaceConsumed": length * ns.replication, "spaceQuota": -1, "typeQuota": {},
         }})
+
+    def get_block_locations(self, ns: _Namespace, path: str, params: _Params) -> None:
+        """The NameNode's (undocumented) ``GET_BLOCK_LOCATIONS``: of its ``LocatedBlocks`` only what says whether
+        the file is under construction (a writer holds its lease), without the blocks themselves."""
+        st = ns.status_of(path)
+        if st is None:
+            raise RemoteError("FileNotFoundException", f"File does not exist: {path}")
+        if stat.S_ISDIR(st.st_mode):
+            raise RemoteError("FileNotFoundException", f"Path is not a file: {path}")
+        writing = ns.is_being_written(st)
+        self.send_json({"LocatedBlocks": {"fileLength": ns.length_of(st), "isUnderConstruction": writing,
+                                          "isLastBlockComplete": not writing}})
 
     def get_home_directory(self, ns: _Namespace, path: str, params: _Params) -> None:
         self.send_json({"Path": f"/user/{self._user}"})
