@@ -5,6 +5,8 @@ PROJECT_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")/.." && pwd)"
 export PROJECT_ROOT
 export AIRFLOW_HOME="${AIRFLOW_HOME:-$PROJECT_ROOT/var/airflow}"
 export TFHUB_STORAGE_ROOT="${TFHUB_STORAGE_ROOT:-file://$PROJECT_ROOT/var/storage}"
+# The embedded default's Spark SQL catalog (layout table): Hive metastore on Derby and the warehouse, in one folder.
+export TFHUB_CATALOG_DIR="${TFHUB_CATALOG_DIR:-$PROJECT_ROOT/var/catalog}"
 export AIRFLOW__CORE__DAGS_FOLDER="$PROJECT_ROOT/dags"
 export AIRFLOW__CORE__PLUGINS_FOLDER="$PROJECT_ROOT/plugins"
 export AIRFLOW__CORE__LOAD_EXAMPLES=False

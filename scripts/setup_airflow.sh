@@ -10,15 +10,18 @@ mkdir -p "$AIRFLOW_HOME"
 case "$TFHUB_STORAGE_ROOT" in
   file://*|/*) mkdir -p "${TFHUB_STORAGE_ROOT#file://}" ;;  # remote roots (hdfs://) are made by their own init
 esac
+# The Spark SQL catalog of layout table (see spark_conf in variables.json): Spark creates the metastore on first use.
+mkdir -p "$TFHUB_CATALOG_DIR/warehouse"
 airflow db migrate >"$AIRFLOW_HOME/db-migrate.log" 2>&1 || { cat "$AIRFLOW_HOME/db-migrate.log"; exit 1; }
 
 rendered="$AIRFLOW_HOME/rendered-config"
 mkdir -p "$rendered"
 for f in connections variables pools; do
   sed -e "s#@PROJECT_ROOT@#$PROJECT_ROOT#g" -e "s#@STORAGE_ROOT@#$TFHUB_STORAGE_ROOT#g" \
+    -e "s#@CATALOG_DIR@#$TFHUB_CATALOG_DIR#g" \
     "$CONFIG_DIR/$f.json" >"$rendered/$f.json"
 done
 airflow connections import --overwrite "$rendered/connections.json"
 airflow variables import --action-on-existing-key overwrite "$rendered/variables.json"
 airflow pools import "$rendered/pools.json"
-echo "Airflow home $AIRFLOW_HOME ready; storage root $TFHUB_STORAGE_ROOT"
+echo "Airflow home $AIRFLOW_HOME ready; storage root $TFHUB_STORAGE_ROOT; Spark SQL catalog $TFHUB_CATALOG_DIR"

@@ -106,9 +106,10 @@ class Modality:
     """Validates a record's bytes against the bounds of ``bounds_of``."""
 
 
-IMAGE = Modality(IMAGE_CLASSIFICATION, schema.IMAGE, "image", "binary", ("manifest", "folders", "parquet"),
+IMAGE = Modality(IMAGE_CLASSIFICATION, schema.IMAGE, "image", "binary", ("manifest", "folders", "parquet", "table"),
                  ("width", "height", "bytes"), "image_size", "image_bytes", "image_feature_vector", check_image)
-TEXT = Modality(TEXT_CLASSIFICATION, schema.TEXT, "text", "string", ("csv", "parquet", "folders", "manifest"),
+TEXT = Modality(TEXT_CLASSIFICATION, schema.TEXT, "text", "string", ("csv", "parquet", "folders", "manifest",
+                                                                    "table"),
                 ("chars", "words", "bytes"), "text_length", "text", "text_embedding", check_text)
 
 TASK_TYPES = {m.task_type: m for m in (IMAGE, TEXT)}

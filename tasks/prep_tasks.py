@@ -14,7 +14,8 @@ appears complete or not at all (``storage.atomic_writer``).
 
 For the table layouts (Parquet; CSV for text) the bytes are inside Parquet row groups or CSV files that hold records of every shard: one task per row
 group reads and checks them (``check_row_group``) and Spark shuffles the results to the shard writers
-(``write_checked``).
+(``write_checked``). A Spark SQL table's rows (layout ``table``) are checked where the query gives them
+(``check_table_rows``), then shuffled the same way; a table of image paths is read as files are.
 """
 
 from __future__ import annotations
@@ -255,6 +256,35 @@ def check_row_group(file: str, group: int, rows: list[tuple[int, Planned]], ctx:
         if isinstance(data, str):  # CSV text keeps undecodable bytes as surrogates: the check reports them
             data = data.encode("utf-8", "surrogateescape")
         yield task_index, _check(record, data or b"", ctx)
+
+
+def check_table_rows(rows: Iterable, lookup: dict, ctx: Context) -> Iterator[tuple]:
+    """The first task of the table layout: checks the inputs of a Spark SQL table's rows where the query gives
+    them.
+
+    Args:
+        rows: ``(id, label, input, digest)`` rows of ``layouts.RawPartition.frame``.
+        lookup: ``(id, label, digest)`` -> ``(shard task index, planned record)``, as the driver listed them.
+        ctx: the job's context.
+
+    Yields:
+        ``(shard task index, checked record)`` for the shuffle to the shard writers.
+
+    Raises:
+        RuntimeError: a row the driver did not list: the query's result changed between the two reads.
+    """
+    storage.use_webhdfs(ctx.webhdfs)
+    for record_id, label, data, digest in rows:
+        try:
+            task_index, record = lookup[(record_id, label, digest)]
+        except KeyError:
+            raise RuntimeError(f"a row (id {record_id!r}, label {label!r}) was not in the table or query's result "
+                               "when it was listed: the result changed between two reads (a table written "
+                               "meanwhile, or a query that is not deterministic: rand(), LIMIT without ORDER BY, "
+                               "TABLESAMPLE); make it deterministic and re-run") from None
+        if isinstance(data, str):
+            data = data.encode("utf-8", "surrogateescape")
+        yield task_index, _check(record, bytes(data or b""), ctx)
 
 
 def write_checked(task: ShardTask, checked: Iterable[tuple], ctx: Context) -> dict:

@@ -49,12 +49,14 @@ def small_hub_module(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def spark():
+def spark(tmp_path_factory):
     """A real local[2] Spark session, shared by the tests of the Spark stages."""
     from pyspark.sql import SparkSession
 
     session = (SparkSession.builder.master("local[2]").appName("tfhub-tests")
                .config("spark.ui.enabled", "false")
+               # Its catalog's default database folder, made when a test uses Spark SQL tables: not in the checkout.
+               .config("spark.sql.warehouse.dir", str(tmp_path_factory.mktemp("spark-warehouse")))
                .config("spark.sql.shuffle.partitions", "4")
                .config("spark.python.worker.reuse", "false")
                .getOrCreate())

@@ -29,14 +29,18 @@ class PartitionReadySensor(BaseSensorOperator):
     :param min_bytes: least total size of the data files (0: any).
     :param webhdfs_conn_id: WebHDFS connection for ``hdfs://`` paths.
     :param deferrable: wait in the triggerer.
+    :param no_wait_reason: when it renders to a non-empty text (templated), the run has no partition folder to wait
+        for (the input is a Spark SQL table): the sensor logs this reason and succeeds without checking ``path``.
     """
 
-    template_fields: Sequence[str] = ("path",)
+    template_fields: Sequence[str] = ("path", "no_wait_reason")
     ui_color = "#e8f4fd"
 
     def __init__(self, *, path: str, marker: str = "_SUCCESS", min_files: int = 0, min_bytes: int = 0,
-                 webhdfs_conn_id: str = "webhdfs_default", deferrable: bool = False, **kwargs: Any) -> None:
+                 webhdfs_conn_id: str = "webhdfs_default", deferrable: bool = False, no_wait_reason: str = "",
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.no_wait_reason = no_wait_reason
         self.path = path
         self.marker = marker
         self.min_files = min_files
@@ -55,6 +59,9 @@ class PartitionReadySensor(BaseSensorOperator):
         return state.ready
 
     def execute(self, context) -> Any:
+        if self.no_wait_reason:
+            self.log.info("not waiting for %s: %s", self.path, self.no_wait_reason)
+            return None
         self.log.info("waiting for partition %s", self.path)
         if not self.deferrable:
             try:
