@@ -25,7 +25,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -36,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks import modality, plots, runtime, schema, scoring, storage
+from tasks import fencing, modality, plots, run_folder, runtime, schema, scoring, storage
 from tasks.scoring import published_versions  # noqa: F401  (where it was before the scoring engine)
 
 log = logging.getLogger("evaluate")
@@ -56,8 +55,8 @@ class Config:
     """Storage URL of the serving root, where the baseline is looked for; empty: no baseline."""
     model_name: str = ""
     """Model name under the serving root."""
-    min_accuracy: float = 0.0
-    """Least accuracy to bless."""
+    min_accuracy: float = 0.9
+    """Least accuracy (on the split) to bless."""
     min_class_recall: float = 0.0
     """Least recall of every class to bless; 0 disables the check."""
     baseline_tolerance: float = 0.01
@@ -65,16 +64,7 @@ class Config:
 
 
 def parse_args(argv: list[str]) -> Config:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--examples", required=True)
-    p.add_argument("--run-dir", required=True)
-    p.add_argument("--split", default=Config.split, choices=schema.SPLITS)
-    p.add_argument("--batch-size", type=int, default=Config.batch_size)
-    p.add_argument("--serving-root", default="")
-    p.add_argument("--model-name", default="")
-    p.add_argument("--min-accuracy", type=float, default=Config.min_accuracy)
-    p.add_argument("--min-class-recall", type=float, default=Config.min_class_recall)
-    p.add_argument("--baseline-tolerance", type=float, default=Config.baseline_tolerance)
+    p = runtime.build_parser(Config, __doc__.splitlines()[0], choices={"split": schema.SPLITS})
     a = p.parse_args(argv)
     for name in ("min_accuracy", "min_class_recall", "baseline_tolerance"):
         if not 0 <= getattr(a, name) <= 1:
@@ -239,15 +229,15 @@ def run(cfg: Config, spark=None) -> dict:
 def _run(cfg: Config, scratch: Path, spark) -> dict:
     t0 = time.time()
     manifest = json.loads(storage.read_text(storage.join(cfg.examples, schema.MANIFEST)))
-    history = json.loads(storage.read_text(storage.join(cfg.run_dir, "history.json")))
-    finetune_cfg_url = storage.join(cfg.run_dir, "finetune_config.json")
+    history = json.loads(storage.read_text(storage.join(cfg.run_dir, run_folder.HISTORY)))
+    finetune_cfg_url = storage.join(cfg.run_dir, run_folder.FINETUNE_CONFIG)
     finetune_cfg = json.loads(storage.read_text(finetune_cfg_url)) if storage.exists(finetune_cfg_url) else {}
     names = [f["name"] for f in manifest["files"][cfg.split] if f["records"]]
     if not names:
         raise RuntimeError(f"split {cfg.split!r} of {cfg.examples} has no records to evaluate on")
     kind = modality.of_manifest(manifest)
     size = tuple(history["image_size"]) if history.get("image_size") else None
-    candidate = scoring.ModelRef(storage.join(cfg.run_dir, "model"), scoring.KERAS, kind.task_type, size)
+    candidate = scoring.ModelRef(storage.join(cfg.run_dir, run_folder.MODEL), scoring.KERAS, kind.task_type, size)
     _, _, y, probs = score_split(spark, cfg, manifest, candidate, tuple(manifest["labels"]))
     if len(y) != manifest["counts"][cfg.split]:
         raise RuntimeError(f"read {len(y)} {cfg.split} records but the manifest counts {manifest['counts'][cfg.split]}")
@@ -289,14 +279,16 @@ def _run(cfg: Config, scratch: Path, spark) -> dict:
 
     out = scratch / "out"
     out.mkdir()
-    plots.confusion_matrix(metrics["confusion_matrix"], manifest["labels"], out / "confusion_matrix.png",
+    plots.confusion_matrix(metrics["confusion_matrix"], manifest["labels"], out / run_folder.CONFUSION_MATRIX,
                            title=f"{manifest['partition']} {cfg.split}: accuracy {metrics['accuracy']:.3f}")
-    write_report(out / "report.md", cfg, manifest, history, finetune_cfg, metrics, blessing)
-    for name in ("confusion_matrix.png", "report.md"):
+    write_report(out / run_folder.REPORT, cfg, manifest, history, finetune_cfg, metrics, blessing)
+    # Each file below is fenced again by storage; this names the whole evaluation when an older attempt is refused.
+    fencing.check("the evaluation (report, metrics, blessing)", cfg.run_dir)
+    for name in (run_folder.CONFUSION_MATRIX, run_folder.REPORT):
         storage.write_bytes_atomic(storage.join(cfg.run_dir, name), (out / name).read_bytes())
-    storage.write_text_atomic(storage.join(cfg.run_dir, "metrics.json"), json.dumps(metrics, indent=2))
-    storage.write_text_atomic(storage.join(cfg.run_dir, "blessing.json"), json.dumps(blessing, indent=2))
-    log.info("report: %s", storage.join(cfg.run_dir, "report.md"))
+    storage.write_text_atomic(storage.join(cfg.run_dir, run_folder.METRICS), json.dumps(metrics, indent=2))
+    storage.write_text_atomic(storage.join(cfg.run_dir, run_folder.BLESSING), json.dumps(blessing, indent=2))
+    log.info("report: %s", storage.join(cfg.run_dir, run_folder.REPORT))
     return blessing
 
 

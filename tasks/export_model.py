@@ -29,7 +29,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -44,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 import tasks
-from tasks import modality, runtime, schema, storage, tfrecord
+from tasks import fencing, modality, run_folder, runtime, schema, storage, tfrecord
 
 log = logging.getLogger("export_model")
 
@@ -69,12 +68,7 @@ CLASSIFY_METHOD = "tensorflow/serving/classify"
 
 
 def parse_args(argv: list[str]) -> Config:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run-dir", required=True)
-    p.add_argument("--examples", required=True)
-    p.add_argument("--serving-root", required=True)
-    p.add_argument("--model-name", required=True)
-    p.add_argument("--version", type=int, required=True)
+    p = runtime.build_parser(Config, __doc__.splitlines()[0])
     a = p.parse_args(argv)
     if a.version <= 0:
         p.error(f"--version must be a positive integer, got {a.version}")
@@ -83,8 +77,9 @@ def parse_args(argv: list[str]) -> Config:
             for k in ("run_dir", "examples", "serving_root")]:
         if problem:
             p.error(problem)
-    return Config(run_dir=a.run_dir, examples=a.examples, serving_root=a.serving_root, model_name=a.model_name,
-                  version=a.version)
+    if a.warmup_records < 1:
+        p.error(f"--warmup-records must be at least 1, got {a.warmup_records}")
+    return Config(**vars(a))
 
 
 def build_serving_module(keras_model, labels_file: str, image_size: tuple[int, int] | None,
@@ -205,12 +200,12 @@ def _run(cfg: Config, scratch: Path) -> str:
 
     tf = M.tf
     t0 = time.time()
-    history = json.loads(storage.read_text(storage.join(cfg.run_dir, "history.json")))
+    history = json.loads(storage.read_text(storage.join(cfg.run_dir, run_folder.HISTORY)))
     manifest = json.loads(storage.read_text(storage.join(cfg.examples, schema.MANIFEST)))
     kind = modality.of_manifest(manifest)
     labels = history["labels"]
     image_size = tuple(history["image_size"]) if history.get("image_size") else None
-    keras_model = M.load_trained(str(storage.fetch(storage.join(cfg.run_dir, "model"), scratch / "run")))
+    keras_model = M.load_trained(str(storage.fetch(storage.join(cfg.run_dir, run_folder.MODEL), scratch / "run")))
     # Warm-up images: test records, or training ones when there are none; on hdfs:// only the files they are in
     # are downloaded, one at a time.
     images: list[bytes] = []
@@ -232,7 +227,7 @@ def _run(cfg: Config, scratch: Path) -> str:
     check = scratch / "export_check.json"
     try:
         assets.mkdir()
-        labels_file = assets / "labels.txt"
+        labels_file = assets / Path(run_folder.LABELS_ASSET).name
         labels_file.write_text("".join(name + "\n" for name in labels))
         module = build_serving_module(keras_model, str(labels_file), image_size, kind.task_type)
         tf.saved_model.save(module, str(staging),
@@ -253,13 +248,13 @@ def _run(cfg: Config, scratch: Path) -> str:
                       "task_type": kind.task_type,
                       # What batch scoring compares its predicted distribution with (tasks.scoring).
                       "train_label_counts": manifest["label_counts"]["train"]}
-        metrics_url = storage.join(cfg.run_dir, "metrics.json")
+        metrics_url = storage.join(cfg.run_dir, run_folder.METRICS)
         if storage.exists(metrics_url):
             m = json.loads(storage.read_text(metrics_url))
             provenance["metrics"] = {"accuracy": m["accuracy"], "loss": m["loss"]}
-        (staging / "assets.extra" / "provenance.json").write_text(json.dumps(provenance, indent=2))
+        (staging / run_folder.PROVENANCE).write_text(json.dumps(provenance, indent=2))
         check.write_text(json.dumps({"labels": labels, "images": len(images), "expected": expected.tolist()}))
-        storage.write_bytes_atomic(storage.join(cfg.run_dir, "export_check.json"), check.read_bytes())
+        storage.write_bytes_atomic(storage.join(cfg.run_dir, run_folder.EXPORT_CHECK), check.read_bytes())
         log.info("exported to staging %s: %d warm-up requests, max difference from the trained model %.2e", staging,
                  n_warmup, diff)
     except BaseException:
@@ -268,6 +263,8 @@ def _run(cfg: Config, scratch: Path) -> str:
     finally:
         shutil.rmtree(assets, ignore_errors=True)
 
+    # The serving root is outside the run folder: an older attempt's export is refused here explicitly.
+    fencing.check(f"version {cfg.version} of {cfg.model_name} for serving", version_url)
     previous = storage.publish_dir(staging, version_url, keep_previous=True)
     log.info("published %s (%s)", version_url, "replacing the previous copy of this version" if previous else "new")
     try:
@@ -283,7 +280,7 @@ def _run(cfg: Config, scratch: Path) -> str:
                  "path": str(version_dir) if storage.scheme(version_url) == "file" else version_url,
                  "model_name": cfg.model_name, "version": cfg.version, "verified": True,
                  **provenance.get("metrics", {})}
-    storage.write_text_atomic(storage.join(cfg.run_dir, "published.json"), json.dumps(published, indent=2))
+    storage.write_text_atomic(storage.join(cfg.run_dir, run_folder.PUBLISHED), json.dumps(published, indent=2))
     log.info("verified %s in a fresh process (%.1fs)", version_url, time.time() - t0)
     return version_url
 

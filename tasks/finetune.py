@@ -47,7 +47,6 @@ Usage (spark-submit with the ``tasks`` package on ``--py-files``)::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
@@ -62,17 +61,24 @@ import tempfile
 import time
 from pathlib import Path
 
-from tasks import hub_module, logrelay, modality, runtime, schema, storage
+from tasks import fencing, hub_module, logrelay, modality, run_folder, runtime, schema, storage
 
 log = logging.getLogger("finetune")
 
 BARRIER_SYNC_TIMEOUT_S = 900
 """``spark.barrier.sync.timeout`` this job sets when it creates the Spark session (Spark's default is a year)."""
 
-SESSION_DEFAULTS = {
+SESSION_CONF = {
+    # A barrier stage needs a fixed set of executors.
     "spark.dynamicAllocation.enabled": "false",
     # A process that ran a MultiWorkerMirroredStrategy cannot configure another one: never reuse Python workers.
     "spark.python.worker.reuse": "false",
+}
+"""Spark settings a barrier stage cannot do without: this job sets them on the session it creates, over any other
+value (a cluster's ``spark-defaults.conf`` often turns dynamic allocation on). The one place they are written:
+the Airflow operator passes none of them, so the job runs the same from Airflow, spark-submit, tests and benches."""
+
+SESSION_DEFAULTS = {
     "spark.barrier.sync.timeout": str(BARRIER_SYNC_TIMEOUT_S),
     # Spark's own check that a barrier stage can get its slots retries for 40 x 15 s by default; 6 x 5 s here.
     "spark.scheduler.barrier.maxConcurrentTasksCheck.interval": "5s",
@@ -108,7 +114,8 @@ class Config:
     """With fine_tune, the hub module's learning rate is learning_rate times this (e.g. 0.1 to move the
     pre-trained weights gently); its own optimizer when not 1."""
     image_size: int = 0
-    """Override of the module's input size; 0 reads it from the module."""
+    """Input height and width in pixels for image modules; 0: what the module records or its signature fixes
+    (needed for a module whose signature leaves the size open)."""
     seed: int = 42
     """Seed of weights initialisation and shuffling."""
     max_restarts: int = 2
@@ -121,25 +128,9 @@ class Config:
     """How long pre-flight waits for executors to register before failing for lack of task slots."""
 
 
-def _bool(s: str) -> bool:
-    if s.lower() in ("1", "true", "yes"):
-        return True
-    if s.lower() in ("0", "false", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
-
-
 def parse_args(argv: list[str]) -> Config:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        if f.default is dataclasses.MISSING:
-            p.add_argument(flag, required=True)
-        elif f.type in ("bool", bool):
-            p.add_argument(flag, type=_bool, default=f.default)
-        else:
-            p.add_argument(flag, type=type(f.default), default=f.default)
-    cfg = Config(**{k.replace("-", "_"): v for k, v in vars(p.parse_args(argv)).items()})
+    p = runtime.build_parser(Config, __doc__.splitlines()[0])
+    cfg = Config(**vars(p.parse_args(argv)))
     for name in ("num_workers", "epochs", "batch_size", "checkpoint_every_steps"):
         if getattr(cfg, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
@@ -277,11 +268,15 @@ def steps_per_epoch(num_train: int, global_batch: int) -> int:
 
 
 def create_session(app_name: str):
-    """A Spark session with ``SESSION_DEFAULTS`` for the settings spark-submit left unset."""
+    """A Spark session with ``SESSION_CONF``, and ``SESSION_DEFAULTS`` for the settings spark-submit left unset."""
     from pyspark import SparkConf
     from pyspark.sql import SparkSession
 
     conf = SparkConf()
+    for key, value in SESSION_CONF.items():
+        if conf.get(key, value) != value:
+            log.info("%s=%s from spark-submit replaced by %s: the barrier stage needs it", key, conf.get(key), value)
+        conf.set(key, value)
     for key, value in SESSION_DEFAULTS.items():
         conf.setIfMissing(key, value)
     return SparkSession.builder.appName(app_name).config(conf=conf).getOrCreate()
@@ -483,14 +478,14 @@ class TrainingStore:
     """
 
     def __init__(self, run_dir: str, scratch: Path, rank: int, on_push_step=None) -> None:
-        self.checkpoints_url = storage.join(run_dir, "checkpoints")
-        self.tensorboard_url = storage.join(run_dir, "tensorboard")
+        self.checkpoints_url = storage.join(run_dir, run_folder.CHECKPOINTS)
+        self.tensorboard_url = storage.join(run_dir, run_folder.TENSORBOARD)
         self.remote = storage.scheme(run_dir) == "hdfs"
         self.chief = rank == 0
         self.on_push_step = on_push_step
-        self.checkpoints = scratch / "checkpoints"
+        self.checkpoints = scratch / run_folder.CHECKPOINTS
         if self.remote:
-            self.tensorboard = scratch / "tensorboard"
+            self.tensorboard = scratch / run_folder.TENSORBOARD
         else:
             self.tensorboard = storage.local_path(self.tensorboard_url)  # written by the chief only
         self.checkpoints.mkdir(parents=True, exist_ok=True)
@@ -515,11 +510,11 @@ class TrainingStore:
         return progress
 
     def history(self) -> list[dict]:
-        url = storage.join(self.checkpoints_url, "history.json")
+        url = storage.join(self.checkpoints_url, run_folder.HISTORY)
         return json.loads(storage.read_text(url)) if storage.exists(url) else []
 
     def save_history(self, rows: list[dict]) -> None:
-        storage.write_text_atomic(storage.join(self.checkpoints_url, "history.json"), json.dumps(rows))
+        storage.write_text_atomic(storage.join(self.checkpoints_url, run_folder.HISTORY), json.dumps(rows))
 
     def _done(self, step: str) -> None:
         if self.on_push_step is not None:
@@ -535,12 +530,14 @@ class TrainingStore:
         names = storage.list_names(self.checkpoints_url)
         version = 1 + max((int(m.group(1)) for n in names if (m := CHECKPOINT_POINTER.fullmatch(n))), default=0)
         url = storage.join(self.checkpoints_url, f"v{version:06d}")
+        # A chief of an older Airflow attempt that is still alive stops here, before it uploads anything.
+        fencing.check(f"checkpoint v{version:06d}", url)
         staging = storage.output_staging(url)
         shutil.copytree(local, staging, dirs_exist_ok=True)
         self._done("copied")
         storage.publish_dir(staging, url)  # replaces what a chief that died before committing left there
         self._done("uploaded")
-        record = {**progress, "version": version}
+        record = {**progress, "version": version, **fencing.stamp()}
         storage.write_text_atomic(storage.join(self.checkpoints_url, f"progress-{version:06d}.json"),
                                   json.dumps(record))
         self._done("committed")
@@ -691,11 +688,12 @@ def train_worker(spec: WorkerSpec, rank: int, cpus: int, host: str, all_gather, 
         resumed = {"epoch": epoch0 + 1, "step": step, "global_step": epoch0 * steps + step}
 
     # Every worker saves (saving can run collectives); only the chief's copy is kept.
-    model_url = storage.join(cfg.run_dir, "model")
+    model_url = storage.join(cfg.run_dir, run_folder.MODEL)
     target = storage.output_staging(model_url) if rank == 0 else Path(tempfile.mkdtemp(dir=scratch))
     try:
         model.save(str(target), include_optimizer=False)
         if rank == 0:
+            fencing.check("the trained model", model_url)
             storage.publish_dir(target, model_url)
             store.push_tensorboard()
     finally:
@@ -785,7 +783,7 @@ def run_barrier_stage(sc, cfg: Config, spec_for, relay: logrelay.RelayServer, gr
     """
     from py4j.protocol import Py4JJavaError
 
-    ckpt_url = storage.join(cfg.run_dir, "checkpoints")
+    ckpt_url = storage.join(cfg.run_dir, run_folder.CHECKPOINTS)
     attempts: list[dict] = []
     for attempt in range(cfg.max_restarts + 1):
         if attempt:
@@ -872,10 +870,10 @@ def run(cfg: Config, spark=None) -> dict:
 
     # A new run starts from scratch; only restarts within it resume.
     storage.makedirs(cfg.run_dir)
-    storage.clean_stale(storage.join(cfg.run_dir, "model"))
-    for name in ("checkpoints", "tensorboard"):
+    storage.clean_stale(storage.join(cfg.run_dir, run_folder.MODEL))
+    for name in (run_folder.CHECKPOINTS, run_folder.TENSORBOARD):
         storage.remove(storage.join(cfg.run_dir, name))
-    storage.write_text_atomic(storage.join(cfg.run_dir, "finetune_config.json"), runtime.config_json(cfg))
+    storage.write_text_atomic(storage.join(cfg.run_dir, run_folder.FINETUNE_CONFIG), runtime.config_json(cfg))
 
     group = f"finetune-{secrets.token_hex(4)}"
     conf = sc.getConf()
@@ -894,10 +892,10 @@ def run(cfg: Config, spark=None) -> dict:
     timeline["workers"] = {w.rank: w.phases for w in workers}
 
     chief = next(r for r in results if r["rank"] == 0)
-    model_url = storage.join(cfg.run_dir, "model")
+    model_url = storage.join(cfg.run_dir, run_folder.MODEL)
     if not storage.exists(storage.join(model_url, "saved_model.pb")):
         raise FinetuneError(f"training finished but the chief wrote no model at {model_url}")
-    storage.remove(storage.join(cfg.run_dir, "checkpoints"))
+    storage.remove(storage.join(cfg.run_dir, run_folder.CHECKPOINTS))
     history = {"history": chief["history"], "steps_per_epoch": chief["steps_per_epoch"],
                "num_workers": cfg.num_workers, "train_seconds": chief["train_seconds"],
                "task_type": kind.task_type, "image_size": list(image_size) if image_size else None,
@@ -906,7 +904,7 @@ def run(cfg: Config, spark=None) -> dict:
                "sampling": sampling, "restarts": len(attempts) - 1, "attempts": attempts,
                "resumed_from": chief["resumed_from"],
                "timeline": timeline}
-    storage.write_text_atomic(storage.join(cfg.run_dir, "history.json"), json.dumps(history, indent=2))
+    storage.write_text_atomic(storage.join(cfg.run_dir, run_folder.HISTORY), json.dumps(history, indent=2))
     if chief["history"]:
         from tasks import plots
 
@@ -914,7 +912,7 @@ def run(cfg: Config, spark=None) -> dict:
         if len(attempts) > 1:
             title += f", {len(attempts) - 1} restarts"
         _write_png(lambda p: plots.training_curves(chief["history"], p, title=title),
-                   storage.join(cfg.run_dir, "training_curves.png"))
+                   storage.join(cfg.run_dir, run_folder.TRAINING_CURVES))
     last = chief["history"][-1] if chief["history"] else {}
     log.info("fine-tuning done in %.1fs (%d restarts): final loss %.4f accuracy %.4f val_accuracy %.4f; model at %s",
              time.time() - t0, len(attempts) - 1, last.get("loss", float("nan")), last.get("accuracy", float("nan")),

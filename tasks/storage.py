@@ -16,6 +16,10 @@ included), and the driver puts the folder in place with ``commit_staging``. Task
 ``read_child`` and ``open_child`` (seekable, by byte ranges on ``hdfs://``), and receive the driver's WebHDFS
 settings (``webhdfs_settings``, applied with ``use_webhdfs``). ``create_new`` creates a file only if it does not
 exist yet, for writers that must not overwrite each other.
+
+Every commit into a run folder (a file renamed into place, a folder published or swapped in, a deletion) is fenced
+first (``fencing.check_commit``): when a newer attempt of the Airflow task owns the run, it raises
+``fencing.StaleAttemptError`` before touching anything.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlparse
+
+from tasks import fencing
 
 log = logging.getLogger("storage")
 
@@ -195,6 +201,7 @@ def makedirs(url: str) -> None:
 
 def remove(url: str) -> None:
     """Deletes a file or a folder tree; nothing when it does not exist."""
+    fencing.check_commit("a deletion", url)
     if scheme(url) == "hdfs":
         webhdfs().delete(url, recursive=True)
     else:
@@ -207,6 +214,7 @@ def remove(url: str) -> None:
 
 def write_bytes_atomic(url: str, data: bytes) -> None:
     """Writes a file by writing a hidden sibling and renaming it over the target."""
+    fencing.check_commit("a file", url)
     if scheme(url) == "hdfs":
         client, tmp = webhdfs(), _hidden_sibling(url, "tmp")
         client.mkdirs(url.rstrip("/").rpartition("/")[0])
@@ -270,6 +278,7 @@ def swap_in(staging: Path, url: str) -> Path | None:
         Where the previous output now is (a hidden sibling), or None when there was none. Pass it to
         ``discard`` once the new output is accepted, or to ``roll_back`` to restore it.
     """
+    fencing.check_commit("a folder", url)
     target = local_path(url)
     if not target.exists():
         os.rename(staging, target)
@@ -379,6 +388,7 @@ def publish_dir(local_dir: Path, url: str, keep_previous: bool = False) -> str |
             return None if previous is None else str(previous)
         discard(previous)
         return None
+    fencing.check_commit("a folder", url)
     client = webhdfs()
     staging = _hidden_sibling(url, "staging")
     try:
@@ -521,6 +531,7 @@ def create_new(url: str, data: bytes) -> bool:
     Returns:
         True when this call created the file, False when one was there already.
     """
+    fencing.check_commit("a file", url)
     if scheme(url) == "hdfs":
         client, tmp = webhdfs(), _hidden_sibling(url, "tmp")
         client.mkdirs(url.rstrip("/").rpartition("/")[0])
@@ -564,6 +575,7 @@ def commit_staging(staging_url: str, url: str) -> None:
         if name.startswith(".") and ".tmp-" in name:
             remove(join(staging_url, name))
     if scheme(url) == "hdfs":
+        fencing.check_commit("a folder", url)
         previous = _hdfs_swap_in(staging_url, url)
         if previous:
             webhdfs().delete(previous, recursive=True)
@@ -585,6 +597,7 @@ def atomic_writer(url: str) -> Iterator[BinaryIO]:
         try:
             with os.fdopen(fd, "wb") as f:
                 yield f
+            fencing.check_commit("a file", url)
             client, tmp = webhdfs(), _hidden_sibling(url, "tmp")
             client.upload(local, tmp, overwrite=True)
             if not client.rename(tmp, url):
@@ -599,6 +612,7 @@ def atomic_writer(url: str) -> Iterator[BinaryIO]:
     try:
         with open(tmp, "wb") as f:
             yield f
+        fencing.check_commit("a file", url)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
+import time
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +20,9 @@ from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import Variable
 
+from tfhub_spark import fencing
 from tfhub_spark.links import SparkApplicationLink, TensorBoardLink
+from tfhub_spark.run_folder import PUBLISHED, TENSORBOARD
 
 PIPELINE_VARIABLE = "tfhub_pipeline"
 """The Airflow Variable (JSON) holding the storage root, model name and Spark conf of the deployment."""
@@ -64,8 +68,15 @@ class ProcessTreeSparkSubmitHook(SparkSubmitHook):
 
     grace_seconds = 10.0
     on_line = None  # callable(line) set by the operator
+    on_submit = None  # callable(psutil.Process of spark-submit) set by the operator
 
     def _process_spark_submit_log(self, itr) -> None:
+        if self.on_submit is not None and self._submit_sp is not None:
+            try:
+                self.on_submit(psutil.Process(self._submit_sp.pid))
+            except psutil.NoSuchProcess:
+                pass
+
         def tapped():
             for line in itr:
                 if self.on_line is not None:
@@ -105,6 +116,28 @@ class PipelineSparkSubmitOperator(SparkSubmitOperator):
     commas; ``TFHUB_WEBHDFS_USER``: its login) come from the WebHDFS connection, the one Airflow itself reads
     HDFS with: they go into the driver's environment (``env_vars``, which the Spark provider turns into
     ``spark.yarn.appMasterEnv.*`` on YARN) and the executors' (``spark.executorEnv.*``).
+
+    **After a crash of the Airflow task** (SIGKILL, out of memory, a lost worker: no ``on_kill``), the application
+    of the dead attempt may still run. Every application carries its attempt (``fencing.Attempt``: DAG, run, task,
+    map index, try number, a random id) in its name, its YARN tags and the environment of its driver and
+    executors; the operator records where it runs (spark-submit's host, pid and start time, the YARN application
+    id) in the task state store. A new attempt, before it submits:
+
+    * **local and client modes** (``local[*]``, Spark standalone, YARN client): *fence*. It stops the older
+      attempt's spark-submit, driver and TensorFlow workers on this host (found by the recorded pid and by their
+      ``TFHUB_ATTEMPT`` environment), waits until every one is gone, and kills a recorded YARN application
+      through the ResourceManager. Reattaching is not sound there: the driver ran inside the dead attempt's
+      spark-submit, whose output (the job's log) and exit status died with it, so the result could not be
+      followed to its end or trusted;
+    * **YARN cluster mode tracked through the ResourceManager** (``yarn_track_via_rm_api``, ``durable``) and
+      Spark standalone cluster mode: *reattach*. The provider's ``ResumableJobMixin`` finds the application id in
+      the task state store and follows the running application to its final status, which YARN reports; the
+      new attempt neither submits nor takes the run over from it. When the old application has ended, a new one
+      is submitted as below;
+    * then it writes the attempt token ``<run_dir>/_attempts/<task_id>.json``: from then on the jobs
+      (``tasks/fencing.py``) refuse to commit anything to the run folder for another attempt, so an application
+      that survived out of reach (another host, a partitioned network) fails at its next commit instead of
+      writing over the new attempt's output.
 
     :param job: the application's module name in ``tasks/`` (``prepare_examples``, ``evaluate``...).
     :param job_args: the application's options, ``{"--flag": value}`` (templated); None values are left out.
@@ -232,11 +265,167 @@ class PipelineSparkSubmitOperator(SparkSubmitOperator):
         # Same hook, same state: only on_kill and the log tap differ (see ProcessTreeSparkSubmitHook).
         hook.__class__ = ProcessTreeSparkSubmitHook
         hook.on_line = self._watch_line
+        hook.on_submit = self._submitted
         return hook
 
+    # --- crash safety: the attempt's identity, fencing an older attempt, the attempt token --------------------
+
+    #: seconds an older attempt's processes get to exit after SIGTERM, before SIGKILL.
+    fence_grace_seconds = 10.0
+    #: seconds to wait for a killed YARN application to reach a final state.
+    fence_yarn_timeout_s = 120.0
+    attempt: fencing.Attempt | None = None
+    _submission: dict[str, Any] | None = None
+
+    def fenced_run_dir(self) -> str | None:
+        """The run folder this job commits to (its ``--run-dir``), which the attempt token fences; None for jobs
+        without one (``prepare_examples``: its older attempts' processes are still stopped)."""
+        run_dir = (self.job_args or {}).get("--run-dir")
+        return str(run_dir) if run_dir else None
+
+    def apply_attempt(self, context) -> None:
+        """Marks the application with this attempt: its name, its YARN tags, the environment of its driver and
+        executors (``TFHUB_ATTEMPT``, and ``TFHUB_ATTEMPT_TOKEN`` when there is a run folder)."""
+        self.attempt = attempt = fencing.Attempt.from_context(context)
+        run_dir = self.fenced_run_dir()
+        self.token_url = fencing.token_url(run_dir, attempt) if run_dir else None
+        base_name = re.sub(r" \[.*\]$", "", self.name)  # an earlier execution's attempt goes
+        self.name = f"{base_name} [{attempt.label()}]"
+        env = {fencing.ATTEMPT_ENV: attempt.to_json()}
+        if self.token_url:
+            env[fencing.TOKEN_ENV] = self.token_url
+        for key, value in env.items():
+            self.conf[f"spark.executorEnv.{key}"] = value
+        # The deployment's own tags stay; an earlier execution's attempt tags (an operator object reused) go.
+        tags = [t for t in str(self.conf.get("spark.yarn.tags") or "").split(",")
+                if t and not t.startswith("airflow_")]
+        self.conf["spark.yarn.tags"] = ",".join([*tags, attempt.yarn_tags()])
+        if super()._get_hook()._should_track_driver_status:
+            # Standalone cluster mode (JVM applications only) takes no driver environment (the provider refuses
+            # env_vars there): the executors carry the attempt.
+            self.log.info("standalone cluster mode: the attempt goes to the executors' environment only")
+        else:
+            self.env_vars = {**(self.env_vars or {}), **env}
+        self.log.info("attempt %s; attempt token %s", attempt.label(), self.token_url or "none (no run folder)")
+
+    def _task_state_store(self):
+        return self._context.get("task_state_store") if self._context is not None else None
+
+    def _record(self, **fields: Any) -> None:
+        """Adds ``fields`` to this attempt's submission record in the task state store, where the next attempt
+        looks for what this one started."""
+        self._submission = {**(self._submission or {}), **fields}
+        store = self._task_state_store()
+        if store is not None:
+            from airflow.sdk.execution_time.context import NEVER_EXPIRE
+
+            store.set(fencing.SUBMISSION_KEY, self._submission, retention=NEVER_EXPIRE)
+
+    def _submitted(self, proc: psutil.Process) -> None:
+        self._record(host=socket.getfqdn(), submit_pid=proc.pid, submit_started=proc.create_time())
+        self.log.info("spark-submit of %s: pid %d on %s", self.attempt.label() if self.attempt else "?", proc.pid,
+                      socket.getfqdn())
+
+    def _storage_hook(self):
+        from tfhub_spark.hooks.storage import StorageHook
+
+        return StorageHook(webhdfs_conn_id=self.webhdfs_conn_id)
+
+    def fence_previous(self, context) -> None:
+        """Stops what an older attempt of this task instance left running, and waits until it is gone.
+
+        On this host: the recorded spark-submit and its process tree, and every process whose ``TFHUB_ATTEMPT``
+        names another attempt of this task instance, or of this task on the same run folder (a rerun of the date
+        while a crashed run's application still runs: it would write the same folder); the driver's and
+        PySpark's children survive their spark-submit. On YARN: the recorded application, killed through the ResourceManager. A spark-submit
+        recorded on another host is out of reach: the log says so, and the attempt token fences it.
+        """
+        store = context.get("task_state_store")
+        record = store.get(fencing.SUBMISSION_KEY) if store is not None else None
+        previous = (fencing.Attempt.from_json(json.dumps(record["attempt"]))
+                    if record and record.get("attempt") else None)
+        if previous is None and self.token_url:  # no task state store: the token names the last attempt
+            token = fencing.read_token(self._storage_hook(), self.token_url)
+            if token:
+                previous = fencing.Attempt.from_json(json.dumps(token))
+                record = {"host": token.get("host"), "attempt": token}
+        procs = fencing.other_attempts_processes(self.attempt, self.token_url)
+        if record and (recorded := fencing.recorded_process(record)) is not None \
+                and recorded.pid not in {p.pid for p in procs}:
+            procs.append(recorded)
+        if procs:
+            who = previous.label() if previous else "an older attempt"
+            self.log.warning("%s left %d processes running (%s); stopping them before this attempt starts",
+                             who, len(procs), ", ".join(f"{p.pid}" for p in procs))
+            t0 = time.monotonic()
+            stopped, killed = fencing.stop_processes(procs, self.fence_grace_seconds)
+            self.log.warning("fenced %s: stopped %d processes %s (%d needed SIGKILL) in %.1fs; none is left",
+                             who, len(stopped), stopped, len(killed), time.monotonic() - t0)
+        elif record and record.get("submit_pid") and record.get("host") != socket.getfqdn():
+            self.log.warning("%s ran spark-submit on %s (pid %s), out of reach from %s: if it still runs, the "
+                             "attempt token refuses its commits", previous.label() if previous else "an older attempt",
+                             record.get("host"), record.get("submit_pid"), socket.getfqdn())
+        if record and (app_id := record.get("yarn_application_id")):
+            self._fence_yarn_application(app_id, previous)
+        if previous is not None and not procs:
+            self.log.info("older attempt %s: nothing of it runs on this host", previous.label())
+
+    def _fence_yarn_application(self, app_id: str, previous: fencing.Attempt | None) -> None:
+        hook = self._hook or self._get_hook()
+        who = previous.label() if previous else "an older attempt"
+        try:
+            status = hook.query_yarn_application_status(app_id)
+        except (RuntimeError, ValueError) as e:
+            raise RuntimeError(f"{self.task_id}: cannot tell whether YARN application {app_id} of {who} still runs "
+                               f"({e}); set yarn_resourcemanager_webapp_address in connection {self._conn_id!r}, or "
+                               f"kill the application by hand (yarn application -kill {app_id}) and clear the "
+                               f"task") from e
+        if status.upper() not in {"NEW", "NEW_SAVING", "SUBMITTED", "ACCEPTED", "RUNNING"}:
+            self.log.info("YARN application %s of %s has ended (%s)", app_id, who, status)
+            return
+        self.log.warning("YARN application %s of %s is %s: killing it through the ResourceManager", app_id, who,
+                         status)
+        hook._kill_yarn_application(app_id)
+        deadline = time.monotonic() + self.fence_yarn_timeout_s
+        while time.monotonic() < deadline:
+            status = hook.query_yarn_application_status(app_id)
+            if status.upper() not in {"NEW", "NEW_SAVING", "SUBMITTED", "ACCEPTED", "RUNNING"}:
+                self.log.warning("fenced %s: YARN application %s is %s", who, app_id, status)
+                return
+            time.sleep(2)
+        raise RuntimeError(f"{self.task_id}: YARN application {app_id} of {who} still {status} "
+                           f"{self.fence_yarn_timeout_s:.0f}s after it was killed; not starting a second one")
+
+    def claim_run(self, context) -> None:
+        """Fences an older attempt, then makes this attempt the owner of the run folder (the attempt token) and
+        records it in the task state store; called right before this attempt submits its own application."""
+        self.fence_previous(context)
+        if self.token_url:
+            fencing.write_token(self._storage_hook(), self.token_url, self.attempt)
+            self.log.info("attempt token %s now names %s", self.token_url, self.attempt.label())
+        self._record(attempt=json.loads(self.attempt.to_json()), token=self.token_url, host=socket.getfqdn(),
+                     submit_pid=None, submit_started=None, yarn_application_id=None)
+
+    def reattaches(self) -> bool:
+        """Whether this mode goes through the provider's ``ResumableJobMixin`` (which reconnects to a running
+        application recorded by an older attempt rather than submitting): YARN cluster mode tracked through the
+        ResourceManager, Spark standalone cluster mode, Kubernetes."""
+        hook = self._hook
+        return bool(hook._should_track_driver_status or hook._should_track_driver_via_k8s_api()
+                    or (hook._is_yarn_cluster_mode and hook._yarn_track_via_rm_api))
+
+    def submit_job(self, context):
+        # The provider's resumable path calls this only when it submits a new application (none to reattach to).
+        self.claim_run(context)
+        return super().submit_job(context)
+
     def _watch_line(self, line: str) -> None:
-        """Records the Spark application's URL as soon as spark-submit prints it and publishes the link."""
+        """Records the Spark application's URL as soon as spark-submit prints it and publishes the link; records
+        a YARN application id for a later attempt to fence."""
         url = None
+        if (m := _YARN_APP.search(line)) and (self._submission or {}).get("yarn_application_id") != m.group(1) \
+                and self.attempt is not None:
+            self._record(yarn_application_id=m.group(1))
         if m := _SPARK_UI.search(line):
             url = m.group(1)
         elif (m := _YARN_APP.search(line)) and not getattr(self, "spark_app_url", "") and self._hook is not None:
@@ -254,18 +443,31 @@ class PipelineSparkSubmitOperator(SparkSubmitOperator):
         self._context = context
         with tempfile.TemporaryDirectory(prefix=f"{self.job}-") as tmp:
             self.prepare_submit(context, tmp)
+            self._hook = self._get_hook()
+            # The provider refuses this only when it submits; refuse it before the attempt claims the run folder.
+            if self._hook._is_yarn_cluster_mode and self.durable and not self._hook._yarn_track_via_rm_api:
+                raise ValueError(f"{self.task_id}: YARN cluster mode with durable=True requires "
+                                 f"yarn_track_via_rm_api=True (set {self.pipeline_variable}.submit_options); the "
+                                 "ResourceManager's REST API is how a retry finds the application")
+            self.apply_attempt(context)
+            self._hook = self._get_hook()
             self.log.info("running %s with the tasks package from %s", self.application, self.resolved_tasks_dir)
+            if not self.reattaches():
+                self.claim_run(context)
             return super().execute(context)
 
     _context = None
 
 
 class TfHubFinetuneOperator(PipelineSparkSubmitOperator):
-    """Fine-tunes a TF Hub module on prepared TFRecords in one Spark barrier stage of ``num_workers`` tasks.
+    """Runs ``tasks/finetune.py``: fine-tunes a TF Hub module on prepared TFRecords in one Spark barrier stage of
+    ``num_workers`` tasks, each one ``MultiWorkerMirroredStrategy`` worker.
 
-    Each barrier task is one ``MultiWorkerMirroredStrategy`` worker (``tasks/finetune.py``). The operator sets
-    what a barrier job needs: no dynamic allocation, a bounded barrier sync timeout, a fresh Python worker per
-    task.
+    The generic job operator plus what only the barrier job needs: the TensorBoard link and the barrier sync
+    timeout. The job's options are typed arguments; one left at None is not passed, so the job's own default
+    (``finetune.Config``) applies: this operator declares no default of its own. The Spark settings a barrier stage
+    needs (no dynamic allocation, no Python worker reuse, a bounded barrier sync, a quick slot check) are set by
+    the job when it creates its session, however it is launched (``finetune.SESSION_CONF``).
 
     :param examples: storage URL of the prepared dataset (templated).
     :param run_dir: storage URL of the run folder (templated).
@@ -276,28 +478,33 @@ class TfHubFinetuneOperator(PipelineSparkSubmitOperator):
     :param batch_size: global batch size (templated).
     :param learning_rate: learning rate (templated).
     :param fine_tune: also train the hub module's weights (templated).
+    :param module_lr_scale: with ``fine_tune``, the hub module's learning rate relative to the head's (templated).
+    :param image_size: input height and width of an image module whose signature leaves it open (templated).
+    :param seed: seed of the initialisation and shuffling (templated).
     :param max_restarts: relaunches of a failed barrier stage, each resuming from the last checkpoint (templated).
     :param checkpoint_every_steps: steps between two checkpoints (templated).
     :param stall_timeout_s: seconds without progress from a worker before the stage is failed (templated).
     :param slots_wait_s: seconds pre-flight waits for executors to register before failing on slots (templated).
-    :param module_lr_scale: with ``fine_tune``, the hub module's learning rate relative to the head's (templated).
-    :param barrier_sync_timeout: seconds a worker waits for the others at a barrier before the stage fails.
+    :param barrier_sync_timeout: seconds a worker waits for the others at a barrier before the stage fails
+        (``spark.barrier.sync.timeout``); None: the job's.
     """
 
-    template_fields: Sequence[str] = (
-        *PipelineSparkSubmitOperator.template_fields, "examples", "run_dir", "storage_root", "hub_module",
-        "num_workers", "epochs", "batch_size", "learning_rate", "fine_tune", "max_restarts",
-        "checkpoint_every_steps", "stall_timeout_s", "slots_wait_s", "module_lr_scale",
-    )
+    #: The job's options that are this operator's arguments, in command-line order (``--run-dir`` for run_dir).
+    JOB_OPTIONS = ("examples", "run_dir", "storage_root", "hub_module", "num_workers", "epochs", "batch_size",
+                   "learning_rate", "fine_tune", "module_lr_scale", "image_size", "seed", "max_restarts",
+                   "checkpoint_every_steps", "stall_timeout_s", "slots_wait_s")
+    template_fields: Sequence[str] = (*PipelineSparkSubmitOperator.template_fields, *JOB_OPTIONS)
     ui_color = "#fff3e0"
     operator_extra_links = (SparkApplicationLink(), TensorBoardLink())
 
     def __init__(self, *, examples: str, run_dir: str, storage_root: str, hub_module: str,
-                 num_workers: int | str = 2, epochs: int | str = 5, batch_size: int | str = 32,
-                 learning_rate: float | str = 1e-3, fine_tune: bool | str = False,
-                 max_restarts: int | str = 2, checkpoint_every_steps: int | str = 50,
-                 stall_timeout_s: int | str = 300, slots_wait_s: int | str = 30,
-                 module_lr_scale: float | str = 1.0, barrier_sync_timeout: int = 900, **kwargs: Any) -> None:
+                 num_workers: int | str | None = None, epochs: int | str | None = None,
+                 batch_size: int | str | None = None, learning_rate: float | str | None = None,
+                 fine_tune: bool | str | None = None, module_lr_scale: float | str | None = None,
+                 image_size: int | str | None = None, seed: int | str | None = None,
+                 max_restarts: int | str | None = None, checkpoint_every_steps: int | str | None = None,
+                 stall_timeout_s: float | str | None = None, slots_wait_s: float | str | None = None,
+                 barrier_sync_timeout: int | None = None, **kwargs: Any) -> None:
         super().__init__(job="finetune", **kwargs)
         self.examples = examples
         self.run_dir = run_dir
@@ -308,51 +515,32 @@ class TfHubFinetuneOperator(PipelineSparkSubmitOperator):
         self.batch_size = batch_size
         self.learning_rate = learning_rate
         self.fine_tune = fine_tune
+        self.module_lr_scale = module_lr_scale
+        self.image_size = image_size
+        self.seed = seed
         self.max_restarts = max_restarts
         self.checkpoint_every_steps = checkpoint_every_steps
         self.stall_timeout_s = stall_timeout_s
         self.slots_wait_s = slots_wait_s
-        self.module_lr_scale = module_lr_scale
         self.barrier_sync_timeout = barrier_sync_timeout
 
     def execute(self, context) -> None:
         pipeline = Variable.get(self.pipeline_variable, default=None, deserialize_json=True) or {}
-        logdir = self.run_dir.rstrip("/") + "/tensorboard"
+        logdir = self.run_dir.rstrip("/") + "/" + TENSORBOARD
         template = pipeline.get("tensorboard_url")
         self.tensorboard_url = template.format(logdir=logdir) if template else logdir
         context["ti"].xcom_push(key=TensorBoardLink().xcom_key, value=self.tensorboard_url)
         return super().execute(context)
 
     def job_conf(self, context) -> dict[str, Any]:
-        return {
-            **super().job_conf(context),
-            "spark.dynamicAllocation.enabled": "false",
-            "spark.barrier.sync.timeout": str(self.barrier_sync_timeout),
-            # A TensorFlow worker must not inherit a previous task's TF runtime in a reused Python worker.
-            "spark.python.worker.reuse": "false",
-            # Spark re-checks a barrier stage's slots 40 times every 15 s by default: 10 minutes before it gives up.
-            "spark.scheduler.barrier.maxConcurrentTasksCheck.interval": "5s",
-            "spark.scheduler.barrier.maxConcurrentTasksCheck.maxFailures": "6",
-        }
+        conf = super().job_conf(context)
+        if self.barrier_sync_timeout is not None:
+            conf["spark.barrier.sync.timeout"] = str(self.barrier_sync_timeout)
+        return conf
 
     def build_application_args(self) -> list[str]:
-        self.job_args = {
-            "--examples": self.examples,
-            "--run-dir": self.run_dir,
-            "--storage-root": self.storage_root,
-            "--hub-module": self.hub_module,
-            "--num-workers": self.num_workers,
-            "--epochs": self.epochs,
-            "--batch-size": self.batch_size,
-            "--learning-rate": self.learning_rate,
-            "--fine-tune": self.fine_tune,
-            "--module-lr-scale": self.module_lr_scale,
-            "--max-restarts": self.max_restarts,
-            "--checkpoint-every-steps": self.checkpoint_every_steps,
-            "--stall-timeout-s": self.stall_timeout_s,
-            "--slots-wait-s": self.slots_wait_s,
-            **(self.job_args or {}),
-        }
+        self.job_args = {**{"--" + name.replace("_", "-"): getattr(self, name) for name in self.JOB_OPTIONS},
+                         **(self.job_args or {})}
         return super().build_application_args()
 
 
@@ -367,33 +555,35 @@ class ModelExportOperator(PipelineSparkSubmitOperator):
     :param serving_root: storage URL of the serving root (templated).
     :param model_name: model folder under the serving root (templated).
     :param version: numeric version (templated).
+    :param warmup_records: test records for the warm-up requests (templated); None: the job's default.
     :param webhdfs_conn_id: WebHDFS connection for reading the result on ``hdfs://``.
     """
 
-    template_fields: Sequence[str] = (
-        *PipelineSparkSubmitOperator.template_fields, "run_dir", "examples", "serving_root", "model_name", "version",
-    )
+    #: The job's options that are this operator's arguments, in command-line order.
+    JOB_OPTIONS = ("run_dir", "examples", "serving_root", "model_name", "version", "warmup_records")
+    template_fields: Sequence[str] = (*PipelineSparkSubmitOperator.template_fields, *JOB_OPTIONS)
     ui_color = "#e8f5e9"
 
     def __init__(self, *, run_dir: str, examples: str, serving_root: str, model_name: str, version: str | int,
-                 **kwargs: Any) -> None:
+                 warmup_records: int | str | None = None, **kwargs: Any) -> None:
         super().__init__(job="export_model", **kwargs)
         self.run_dir = run_dir
         self.examples = examples
         self.serving_root = serving_root
         self.model_name = model_name
         self.version = version
+        self.warmup_records = warmup_records
 
     def build_application_args(self) -> list[str]:
-        self.job_args = {"--run-dir": self.run_dir, "--examples": self.examples, "--serving-root": self.serving_root,
-                         "--model-name": self.model_name, "--version": self.version, **(self.job_args or {})}
+        self.job_args = {**{"--" + name.replace("_", "-"): getattr(self, name) for name in self.JOB_OPTIONS},
+                         **(self.job_args or {})}
         return super().build_application_args()
 
     def execute(self, context) -> dict[str, Any]:
         super().execute(context)
         from tfhub_spark.hooks.storage import StorageHook
 
-        url = self.run_dir.rstrip("/") + "/published.json"
+        url = self.run_dir.rstrip("/") + "/" + PUBLISHED
         published = json.loads(StorageHook(webhdfs_conn_id=self.webhdfs_conn_id).read_text(url))
         self.log.info("published %s version %s: %s (accuracy %s)", published["model_name"], published["version"],
                       published["url"], published.get("accuracy"))

@@ -1,0 +1,194 @@
+"""A crashed Airflow task never leaves two trainings on one run (issue 18), on the embedded default (local Spark).
+
+``airflow dags test`` runs the DAG with Airflow's real task runner and operators, each task in the CLI's own
+process: the test SIGKILLs that process while ``finetune`` trains (no ``on_kill``: what an out-of-memory kill or a
+lost worker does), so its spark-submit, driver and TensorFlow workers live on as orphans. The scheduler would then
+find the task's heartbeat gone and schedule its next try; the test does that step in the metadata database (the
+task instance up for its next try number) and runs that try with ``airflow tasks test`` on the same DAG run: the
+same task instance, its task state store, the next try number. That try must stop the orphans before it submits,
+and from then on only it writes to the run folder; ``evaluate`` then scores its model against the accuracy bar of
+the end-to-end test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import DEMO_DS as DS
+from tests.conftest import DEMO_RUN_DATE, ROOT, copy_storage
+
+pytestmark = pytest.mark.e2e
+
+HELLO = re.compile(r"worker (\d+) of attempt (\d+) started: pid (\d+)")
+FENCED = re.compile(r"fenced (.+?): stopped (\d+) processes \[([\d, ]*)\]")
+# Not run here: the sensor and prep (the copied run prepared the partition), the publication (not the point).
+SKIP = "wait_for_raw_partition|prepare_examples|export_model"
+
+
+def airflow(env: dict, log: Path, args: str) -> subprocess.Popen:
+    """``airflow <args>``, its output in ``log``; the returned process is the CLI, in which ``dags test`` and
+    ``tasks test`` run the tasks."""
+    return subprocess.Popen(["bash", "-c", f". {ROOT}/scripts/env.sh && exec airflow {args}"],
+                            env=env, cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen, log: Path):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if result := predicate():
+            return result
+        if proc.poll() is not None:
+            raise AssertionError(f"airflow dags test exited {proc.returncode} before {what}:\n"
+                                 f"{log.read_text()[-5000:]}")
+        time.sleep(1)
+    raise TimeoutError(f"{what} not reached after {timeout}s:\n{log.read_text()[-5000:]}")
+
+
+def attempt_processes(attempt_id: str) -> list[psutil.Process]:
+    """Processes on this machine whose environment carries the attempt ``attempt_id`` (spark-submit, the driver,
+    PySpark's daemon, the TensorFlow workers)."""
+    found = []
+    for p in psutil.process_iter():
+        try:
+            value = p.environ().get("TFHUB_ATTEMPT")
+            if value and json.loads(value)["id"] == attempt_id and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
+        except (psutil.Error, ValueError, KeyError):
+            pass
+    return found
+
+
+def progress_records(run: Path) -> dict[tuple, dict]:
+    """The committed checkpoints' records now in the run folder, by (name, committing attempt)."""
+    out = {}
+    for p in (run / "checkpoints").glob("progress-*.json"):
+        try:
+            record = json.loads(p.read_text())
+        except (OSError, ValueError):  # pruned between the listing and the read
+            continue
+        out[(p.name, record.get("airflow_attempt", {}).get("id"))] = record
+    return out
+
+
+def alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def schedule_retry_as_the_scheduler_does(env: dict, run_id: str, task_id: str) -> None:
+    """What the scheduler does when a running task's heartbeat stops and it has retries left: the task instance
+    goes up for retry, then is scheduled with the next try number."""
+    code = ("from airflow.utils.session import create_session\n"
+            "from airflow.models.taskinstance import TaskInstance as TI\n"
+            "with create_session() as s:\n"
+            f"    n = s.query(TI).filter(TI.dag_id == 'tfhub_finetune', TI.run_id == {run_id!r}, "
+            f"TI.task_id == {task_id!r}, TI.state == 'running').update("
+            "{'state': 'scheduled', 'try_number': TI.try_number + 1}, synchronize_session=False)\n"
+            "    assert n == 1, n\n")
+    res = subprocess.run(["bash", "-c", f". {ROOT}/scripts/env.sh && exec python -c \"$CODE\""],
+                         env={**env, "CODE": code}, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+
+
+def test_sigkilled_training_task_is_fenced_by_its_retry(trained_demo_run, tmp_path):
+    assert trained_demo_run.result.returncode == 0, "the session's demo run must have prepared the partition"
+    storage, env = copy_storage(trained_demo_run, tmp_path)
+    run = storage / "runs" / f"ds={DS}"
+    token_file = run / "_attempts" / "finetune.json"
+    procs: list[psutil.Process] = []
+    first_log, retry_log = tmp_path / "first.log", tmp_path / "retry.log"
+    seen: dict[tuple, dict] = {}  # every checkpoint commit the test saw, whoever made it
+    first = airflow(env, first_log, f"dags test tfhub_finetune {DEMO_RUN_DATE} --mark-success-pattern '{SKIP}'")
+    retry = None
+    try:
+        # The first try trains: both workers started, and its chief committed a checkpoint to the run folder.
+        def first_trains():
+            if not token_file.exists():
+                return None
+            token = json.loads(token_file.read_text())
+            seen.update(progress_records(run))
+            committed = [r for r in seen.values() if r.get("airflow_attempt", {}).get("id") == token["id"]]
+            workers = {int(m.group(1)): int(m.group(3)) for m in HELLO.finditer(first_log.read_text())}
+            return (token, workers) if committed and sorted(workers) == [0, 1] else None
+
+        token1, workers1 = wait_for(first_trains, 600, "the first try's first checkpoint", first, first_log)
+        submit = next(p for p in attempt_processes(token1["id"]) if "SparkSubmit" in " ".join(p.cmdline()))
+        task_process = submit.parent()
+        assert task_process.pid == first.pid  # the task runs in the CLI's process: the one to crash
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(30)
+
+        # The crash left the attempt running: spark-submit, the driver and both TensorFlow workers.
+        time.sleep(3)
+        procs = attempt_processes(token1["id"])
+        assert set(workers1.values()) <= {p.pid for p in procs}, (workers1, procs)
+        assert all(p.ppid() != first.pid for p in procs)
+        schedule_retry_as_the_scheduler_does(env, token1["run_id"], "finetune")
+
+        retry = airflow(env, retry_log, f"tasks test tfhub_finetune finetune {token1['run_id']}")
+
+        def retry_trains():
+            # Until the retry's workers start: the commits seen so far; after: the orphans must be gone.
+            seen.update(progress_records(run))
+            workers = {int(m.group(1)): int(m.group(3)) for m in HELLO.finditer(retry_log.read_text())}
+            return workers if sorted(workers) == [0, 1] else None
+
+        workers2 = wait_for(retry_trains, 600, "the retry's workers", retry, retry_log)
+        left = [p.pid for p in procs if alive(p)]
+        assert left == [], f"the first try's processes {left} still run beside the retry's workers {workers2}"
+        token2 = json.loads(token_file.read_text())
+        assert token2["try_number"] == token1["try_number"] + 1 and token2["id"] != token1["id"]
+
+        while retry.poll() is None:
+            seen.update(progress_records(run))
+            time.sleep(0.5)
+        out = retry_log.read_text()
+        assert retry.returncode == 0, out[-5000:]
+    finally:
+        for p in [*procs, *(attempt_processes(token1["id"]) if "token1" in locals() else [])]:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        for proc in (first, retry):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+
+    # The retry's log: it stopped what was left of the first try (the orphans may lose some processes on their
+    # own meanwhile: the driver's output went to the dead task), before it took the run over and submitted.
+    fenced = FENCED.search(out)
+    assert fenced, out[-5000:]
+    assert f"({token1['id']})" in fenced.group(1)
+    stopped = {int(x) for x in fenced.group(3).split(",") if x.strip()}
+    assert stopped & {p.pid for p in procs}, (stopped, procs)
+    assert out.index(fenced.group(0)) < out.index("now names") < out.index(HELLO.search(out).group(0))
+    # The first try committed checkpoints before the retry took the run over, and none after; every commit after
+    # it is the retry's.
+    by = {r["airflow_attempt"]["id"]: [] for r in seen.values()}
+    for r in seen.values():
+        by[r["airflow_attempt"]["id"]].append(r["time"])
+    assert set(by) == {token1["id"], token2["id"]}, seen
+    assert max(by[token1["id"]]) < token2["claimed_at"] <= min(by[token2["id"]]), seen
+    # One training's model: the retry's, from scratch, written after it took the run over.
+    history = json.loads((run / "history.json").read_text())
+    assert history["restarts"] == 0 and history["resumed_from"]["global_step"] == 0
+    assert len(history["history"]) == json.loads((run / "finetune_config.json").read_text())["epochs"]
+    assert json.loads(token_file.read_text())["id"] == token2["id"]
+    assert (run / "model" / "saved_model.pb").stat().st_mtime >= token2["claimed_at"]
+    # ...and a good one.
+    evaluate_log = tmp_path / "evaluate.log"
+    evaluate = airflow(env, evaluate_log, f"tasks test tfhub_finetune evaluate {token1['run_id']}")
+    assert evaluate.wait(900) == 0, evaluate_log.read_text()[-5000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["accuracy"] >= 0.9, metrics
