@@ -26,6 +26,13 @@ DEMO_ENV :=
 else
 $(error TASK=$(TASK): use TASK=image (the default) or TASK=text)
 endif
+# `make hub-module NAME=mobilenet_v2_100_224` builds the real-size image module (MobileNetV2 1.0 at 224x224).
+ifeq ($(NAME),mobilenet_v2_100_224)
+HUB_MODULE := hub/mobilenet_v2_100_224
+HUB_BUILDER := tasks.demo.make_mobilenet_module
+else ifneq ($(NAME),)
+$(error NAME=$(NAME): the modules this project builds are the demo's (no NAME) and NAME=mobilenet_v2_100_224)
+endif
 
 .PHONY: help setup system-deps venv airflow-setup hub-module demo-data demo test bench clean hadoop-up hadoop-down
 
