@@ -25,6 +25,7 @@ from tfhub_spark.assets import SERVED_MODEL
 from tfhub_spark.callbacks import log_failure, log_retry
 from tfhub_spark.operators.spark_job import PipelineSparkSubmitOperator
 from tfhub_spark.params import FOLDER_NAME
+from tfhub_spark.run_folder import PREDICTIONS_STATS
 from tfhub_spark.sensors.partition import PartitionReadySensor
 
 SCHEDULE = os.environ.get("TFHUB_BATCH_SCORE_SCHEDULE", "0 0 * * *")
@@ -37,7 +38,7 @@ ROOT = "{{ var.json.tfhub_pipeline.storage_root }}"
 DATA = ROOT + "{{ '/' ~ params.dataset if params.dataset else '' }}"
 CHOSEN = "ti.xcom_pull(task_ids='choose_run')"
 DS = "{{ " + CHOSEN + "['partition'] }}"
-VERSION = "{{ " + CHOSEN + "['version'] }}"
+VERSION = "{{ " + CHOSEN + "['version'] or '' }}"  # empty, so left out: the highest published version
 MODEL_NAME = "{{ " + CHOSEN + "['model_name'] }}"
 RAW = f"{DATA}/raw/ds={DS}"
 PREDICTIONS = f"{DATA}/predictions/{MODEL_NAME}/ds={DS}"
@@ -58,6 +59,17 @@ PARAMS = {
     "layout": Param("manifest", type="string", enum=["manifest", "folders", "parquet", "csv"],
                     description="How the raw partition is laid out (as for tfhub_finetune). The task type is the "
                                 "model's."),
+    "labels_file": Param("labels.csv", type="string", minLength=1,
+                         description="manifest layout: the labels manifest inside the raw partition (as for "
+                                     "tfhub_finetune)."),
+    "id_column": Param("", type="string",
+                       description="Tables and manifests: column of the record id. Empty: as data prep chooses it."),
+    "label_column": Param("label", type="string", minLength=1,
+                          description="Tables and manifests: column of the label (kept in the predictions when "
+                                      "present; not needed)."),
+    "image_column": Param("image", type="string", minLength=1,
+                          description="parquet layout, images: column of the encoded image bytes."),
+    "text_column": Param("text", type="string", minLength=1, description="Text tables: column of the text."),
     "max_bad_fraction": Param(0.05, type="number", minimum=0, maximum=1,
                               description="Fail when more than this fraction of records cannot be scored (they are "
                                           "quarantined with their reason either way)."),
@@ -113,7 +125,10 @@ def tfhub_batch_score():
         job_args={"--raw": RAW, "--output": PREDICTIONS, "--serving-root": f"{ROOT}/serving",
                   "--model-name": MODEL_NAME, "--version": VERSION, "--partition": DS,
                   "--layout": "{{ params.layout }}", "--max-bad-fraction": "{{ params.max_bad_fraction }}",
-                  "--drift-threshold": "{{ params.drift_threshold }}", "--batch-size": "{{ params.batch_size }}"},
+                  "--drift-threshold": "{{ params.drift_threshold }}", "--batch-size": "{{ params.batch_size }}",
+                  "--labels-file": "{{ params.labels_file }}", "--id-column": "{{ params.id_column }}",
+                  "--label-column": "{{ params.label_column }}", "--image-column": "{{ params.image_column }}",
+                  "--text-column": "{{ params.text_column }}"},
         # Each Python worker keeps the model it loaded for the next tasks it runs (tasks/scoring.py).
         conf={"spark.python.worker.reuse": "true"},
         execution_timeout=dt.timedelta(hours=2),
@@ -126,7 +141,7 @@ def tfhub_batch_score():
         return read(stats_url, webhdfs_conn_id=WEBHDFS_CONN_ID)
 
     chain(choose_run("{{ params.model_name or var.json.tfhub_pipeline.model_name }}"), wait_for_raw_partition,
-          score_partition, summarize(f"{PREDICTIONS}/_stats.json"))
+          score_partition, summarize(f"{PREDICTIONS}/{PREDICTIONS_STATS}"))
 
 
 tfhub_batch_score()

@@ -20,6 +20,7 @@ from tfhub_spark.callbacks import log_failure, log_retry
 from tfhub_spark.operators.spark_job import ModelExportOperator, PipelineSparkSubmitOperator, TfHubFinetuneOperator
 from tfhub_spark.partition import MACROS
 from tfhub_spark.params import FOLDER_NAME
+from tfhub_spark.run_folder import BLESSING
 from tfhub_spark.sensors.partition import PartitionReadySensor
 
 # Deployment settings that shape the DAG itself come from the environment (like Airflow's own configuration),
@@ -45,6 +46,9 @@ VERSION = "{{ tfhub_version(tfhub_partition(params.partition, data_interval_star
 RAW = f"{DATA}/raw/ds={DS}"
 EXAMPLES = f"{DATA}/examples/ds={DS}"
 RUN_DIR = f"{DATA}/runs/ds={DS}"
+# layout table: image paths are relative to image_root, a URL or a folder under the dataset's.
+IMAGE_ROOT = ("{% if params.image_root and '://' not in params.image_root %}" + DATA
+              + "/{{ params.image_root }}{% else %}{{ params.image_root or '' }}{% endif %}")
 
 
 PARAMS = {
@@ -62,10 +66,58 @@ PARAMS = {
                         description="Name the model is published under (serving/<model_name>/<version>; letters, "
                                     "digits, _ . -, not starting with a dot). Empty: the tfhub_pipeline Variable's "
                                     "model_name."),
-    "layout": Param("manifest", type="string", enum=["manifest", "folders", "parquet", "csv"],
+    "layout": Param("manifest", type="string", enum=["manifest", "folders", "parquet", "csv", "table"],
                     description="How the raw partition is laid out: files plus a labels manifest (labels.csv or "
                                 ".parquet), one folder per class, Parquet rows with the image bytes or the text, "
-                                "or (text only) CSV files with text and label columns."),
+                                "or (text only) CSV files with text and label columns; or table: rows of a Spark "
+                                "SQL table or query (table, query), read from the catalog, with no raw folder."),
+    "table": Param("", type="string",
+                   description="layout table: a table of the Spark catalog, [database.]name, whose rows hold the "
+                               "id, label and input columns (id_column, label_column, image_column or "
+                               "text_column). Set table or query."),
+    "query": Param("", type="string",
+                   description="layout table: a Spark SQL query giving the rows; filters and joins are yours, e.g. "
+                               "SELECT i.path, l.label, i.image FROM images i JOIN labels l ON l.path = i.path "
+                               "WHERE i.ds = :ds. :ds is the run's partition date (YYYY-MM-DD), bound as a "
+                               "parameter."),
+    "partition_column": Param("", type="string",
+                              description="layout table: keep only the rows whose column equals the partition "
+                                          "date (YYYY-MM-DD). Empty: every row of the table, or what the query "
+                                          "selects with :ds."),
+    "image_root": Param("", type="string",
+                        description="layout table, images: the image column holds paths relative to this folder "
+                                    "(a storage URL, or a path under the dataset's folder). Empty: the image column "
+                                    "holds the encoded image bytes."),
+    "labels_file": Param("labels.csv", type="string", minLength=1,
+                         description="manifest layout: the labels manifest inside the raw partition (CSV, or "
+                                     "Parquet when it ends in .parquet)."),
+    "id_column": Param("", type="string",
+                       description="Tables and manifests: column of the record id. Empty: path (manifests and "
+                                   "image tables), or id in text tables, where it is optional (without it a "
+                                   "record's id is a digest of its text)."),
+    "label_column": Param("label", type="string", minLength=1,
+                          description="Tables and manifests: column of the label."),
+    "image_column": Param("image", type="string", minLength=1,
+                          description="parquet layout, images: column of the encoded image bytes."),
+    "text_column": Param("text", type="string", minLength=1, description="Text tables: column of the text."),
+    "labels": Param("", type="string",
+                    description="The declared labels, comma-separated; records with any other label are bad "
+                                "(unknown_label). Empty: any label."),
+    "split_fractions": Param("0.7,0.1,0.2", type="string", pattern=r"^[0-9.]+,[0-9.]+,[0-9.]+$",
+                             description="Fractions of train, eval and test (by hash of the record id), "
+                                         "comma-separated, summing to 1."),
+    "min_image_side": Param(8, type="integer", minimum=1,
+                            description="Images with a side shorter than this (pixels) are bad."),
+    "max_image_side": Param(16384, type="integer", minimum=1,
+                            description="Images with a side longer than this (pixels) are bad, and are not decoded."),
+    "max_image_mb": Param(64, type="number", exclusiveMinimum=0,
+                          description="Image records larger than this (MiB) are bad, and are not read."),
+    "min_text_chars": Param(1, type="integer", minimum=0,
+                            description="Texts shorter than this after stripping white space are bad (empty_text)."),
+    "max_text_chars": Param(20000, type="integer", minimum=0,
+                            description="Texts longer than this are bad (text_too_long)."),
+    "max_text_mb": Param(1, type="number", exclusiveMinimum=0,
+                         description="Text records larger than this (MiB) are bad, and are not read."),
     "max_bad_fraction": Param(0.05, type="number", minimum=0, maximum=1,
                               description="Fail the prep when more than this fraction of records is bad (bad "
                                           "records always go to quarantine/ds=.../ with their reason)."),
@@ -75,6 +127,9 @@ PARAMS = {
     "target_shard_mb": Param(64, type="integer", minimum=1, maximum=4096,
                              description="Target TFRecord shard size; there are always at least 2 shards per "
                                          "worker."),
+    "drift_threshold": Param(0.2, type="number", minimum=0, maximum=1,
+                             description="Warn when the label distribution is farther than this (total variation) "
+                                         "from the previous partition's."),
     "hub_module": Param(None, type=["null", "string"],
                         description="TF Hub module: tfhub.dev/Kaggle URL or handle, absolute path, or a path "
                                     "under the storage root. Empty: the demo module of the task type "
@@ -85,6 +140,9 @@ PARAMS = {
     "learning_rate": Param(0.002, type="number", exclusiveMinimum=0, maximum=1, description="Adam learning rate."),
     "num_workers": Param(2, type="integer", minimum=1, maximum=64,
                          description="TensorFlow workers, one Spark barrier task each."),
+    "image_size": Param(None, type=["null", "integer"], minimum=1, maximum=4096,
+                        description="Input height and width (pixels) of an image module whose signature leaves its "
+                                    "size open. Empty: what the module records or its signature fixes."),
     "fine_tune": Param(True, type="boolean",
                        description="Also train the hub module's weights (otherwise only the classification head)."),
     "module_lr_scale": Param(1.0, type="number", exclusiveMinimum=0, maximum=10,
@@ -127,6 +185,9 @@ def tfhub_finetune():
     wait_for_raw_partition = PartitionReadySensor(
         task_id="wait_for_raw_partition",
         path=RAW,
+        # A table has no raw folder: its readiness is the catalog's, and prep fails on a partition with no rows.
+        no_wait_reason="{{ 'layout table reads a Spark SQL table, not a raw folder' if params.layout == 'table' "
+                       "else '' }}",
         webhdfs_conn_id=WEBHDFS_CONN_ID,
         deferrable=SENSOR_DEFERRABLE,  # waits in the triggerer; otherwise frees its slot between pokes
         mode="reschedule",
@@ -141,7 +202,17 @@ def tfhub_finetune():
         job_args={"--raw": RAW, "--output": EXAMPLES, "--min-shards": "{{ params.num_workers * 2 }}",
                   "--task-type": "{{ params.task_type }}", "--layout": "{{ params.layout }}", "--max-bad-fraction": "{{ params.max_bad_fraction }}",
                   "--new-label-policy": "{{ params.new_label_policy }}",
-                  "--target-shard-mb": "{{ params.target_shard_mb }}"},
+                  "--target-shard-mb": "{{ params.target_shard_mb }}",
+                  "--table": "{{ params.table }}", "--query": "{{ params.query }}",
+                  "--partition-column": "{{ params.partition_column }}", "--image-root": IMAGE_ROOT,
+                  "--labels-file": "{{ params.labels_file }}", "--id-column": "{{ params.id_column }}",
+                  "--label-column": "{{ params.label_column }}", "--image-column": "{{ params.image_column }}",
+                  "--text-column": "{{ params.text_column }}", "--labels": "{{ params.labels }}",
+                  "--split-fractions": "{{ params.split_fractions }}",
+                  "--min-image-side": "{{ params.min_image_side }}", "--max-image-side": "{{ params.max_image_side }}",
+                  "--max-image-mb": "{{ params.max_image_mb }}", "--min-text-chars": "{{ params.min_text_chars }}",
+                  "--max-text-chars": "{{ params.max_text_chars }}", "--max-text-mb": "{{ params.max_text_mb }}",
+                  "--drift-threshold": "{{ params.drift_threshold }}"},
         execution_timeout=dt.timedelta(hours=2),
     )
     finetune = TfHubFinetuneOperator(
@@ -159,6 +230,7 @@ def tfhub_finetune():
         learning_rate="{{ params.learning_rate }}",
         fine_tune="{{ params.fine_tune }}",
         module_lr_scale="{{ params.module_lr_scale }}",
+        image_size="{{ params.image_size or '' }}",
         max_restarts="{{ params.max_restarts }}",
         # Restarts happen inside the task (the barrier stage is relaunched from a checkpoint), so this bounds
         # all attempts together.
@@ -195,7 +267,7 @@ def tfhub_finetune():
         execution_timeout=dt.timedelta(hours=1),
     )
 
-    chain(wait_for_raw_partition, prepare_examples, finetune, evaluate, gate(f"{RUN_DIR}/blessing.json"),
+    chain(wait_for_raw_partition, prepare_examples, finetune, evaluate, gate(f"{RUN_DIR}/{BLESSING}"),
           export_model)
 
 

@@ -213,8 +213,8 @@ def image_size(module_dir: str, override: int | None = None) -> tuple[int, int]:
         if shape is not None and shape.rank == 4 and shape[1] and shape[2]:
             return (int(shape[1]), int(shape[2]))
     raise HubModuleError(
-        f"module {module_dir} does not record its input size and its signature leaves it open; "
-        "set the image_size option"
+        f"module {module_dir} does not record its input size and its signature leaves it open: set the DAG's "
+        "image_size param (the finetune job's --image-size) to the height and width in pixels it expects, e.g. 224"
     )
 
 

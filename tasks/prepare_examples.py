@@ -3,7 +3,9 @@
 Input ``<raw>/`` in one of these layouts (``--layout``, see ``tasks.layouts``): files and a labels manifest
 (``labels.csv`` or a Parquet file: path, label), the default; one folder per class; Parquet files with the input
 (image bytes or text) in a column; for text, CSV files (text, label, optional id). ``_SUCCESS`` must be there: the
-producer has finished.
+producer has finished. Or ``--layout table``: the rows of a Spark SQL table or query (``--table``/``--query``,
+filtered to the partition by ``:ds`` in the query or ``--partition-column``), with no folder and no marker; then
+``--raw`` only names the partition (``ds=YYYY-MM-DD``).
 
 ``--task-type`` (``tasks.modality``) says what a record is. Every record is checked: an image decodes and its size
 is within bounds (``tasks.image_check``), a text is UTF-8, not blank and not too long; its label is known.
@@ -48,7 +50,6 @@ Usage (spark-submit with the ``tasks`` package on ``--py-files``)::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime as dt
 import json
@@ -60,15 +61,15 @@ import threading
 import time
 from collections import Counter
 
-from tasks import (image_check, layouts, modality, prep_stats, prep_tasks, runtime, schema, storage, tfrecord,
-                   vocabulary)
+from tasks import (image_check, layouts, modality, prep_stats, prep_tasks, run_folder, runtime, schema, storage,
+                   tfrecord, vocabulary)
 from tasks.layouts import PrepError
 
 log = logging.getLogger("prepare_examples")
 
-STATS = "stats.json"
-QUARANTINE_INDEX = "quarantine.jsonl"
-QUARANTINE_SUMMARY = "summary.json"
+STATS = run_folder.STATS
+QUARANTINE_INDEX = run_folder.QUARANTINE_INDEX
+QUARANTINE_SUMMARY = run_folder.QUARANTINE_SUMMARY
 
 
 @dataclasses.dataclass
@@ -93,6 +94,17 @@ class Config:
     """Column of the encoded image bytes (parquet layout)."""
     text_column: str = "text"
     """Column of the text (text tables)."""
+    table: str = ""
+    """Table layout: a table of the Spark catalog, ``[database.]name``, holding the rows (or set ``query``)."""
+    query: str = ""
+    """Table layout: a Spark SQL query giving the rows (filters and joins are the query's); ``:ds`` in it is the
+    partition's date (``--raw``'s ``ds=YYYY-MM-DD``), bound as a named parameter."""
+    partition_column: str = ""
+    """Table layout: keep the rows whose column equals the partition's date; empty: every row the table or query
+    gives (then the query selects the partition with ``:ds``)."""
+    image_root: str = ""
+    """Table layout: storage URL that the image column's paths are relative to; empty: the image column holds the
+    encoded image bytes."""
     split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
     """Fractions of train, eval and test, by hash of the record id."""
     min_shards: int = 4
@@ -130,34 +142,23 @@ class Config:
     """Warn when the total variation distance between this and the previous label distribution is larger."""
 
 
+MB_OPTIONS = {"target_shard_bytes": "target_shard_mb", "max_image_bytes": "max_image_mb",
+              "max_text_bytes": "max_text_mb"}
+"""Config fields given on the command line in MiB, and their options."""
+
+
 def parse_args(argv: list[str]) -> Config:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--raw", required=True)
-    p.add_argument("--output", required=True)
-    p.add_argument("--task-type", default=Config.task_type, choices=sorted(modality.TASK_TYPES))
-    p.add_argument("--layout", default=Config.layout, choices=sorted(layouts.LAYOUTS))
-    p.add_argument("--labels-file", default=Config.labels_file)
-    p.add_argument("--id-column", default=Config.id_column)
-    p.add_argument("--label-column", default=Config.label_column)
-    p.add_argument("--image-column", default=Config.image_column)
-    p.add_argument("--text-column", default=Config.text_column)
+    p = runtime.build_parser(
+        Config, __doc__.splitlines()[0], skip=MB_OPTIONS.keys() | {"split_fractions", "labels"},
+        choices={"task_type": sorted(modality.TASK_TYPES), "layout": sorted(layouts.LAYOUTS),
+                 "new_label_policy": sorted(vocabulary.POLICIES)})
+    docs = runtime.field_docs(Config)
     p.add_argument("--split-fractions", default=",".join(str(x) for x in Config.split_fractions),
-                   help="train,eval,test fractions summing to 1")
-    p.add_argument("--min-shards", type=int, default=Config.min_shards)
-    p.add_argument("--target-shard-mb", type=float, default=Config.target_shard_bytes / 2**20)
-    p.add_argument("--min-image-side", type=int, default=Config.min_image_side)
-    p.add_argument("--max-image-side", type=int, default=Config.max_image_side)
-    p.add_argument("--max-image-mb", type=float, default=Config.max_image_bytes / 2**20)
-    p.add_argument("--min-text-chars", type=int, default=Config.min_text_chars)
-    p.add_argument("--max-text-chars", type=int, default=Config.max_text_chars)
-    p.add_argument("--max-text-mb", type=float, default=Config.max_text_bytes / 2**20)
-    p.add_argument("--labels", default="", help="comma-separated declared labels; empty: any label")
-    p.add_argument("--new-label-policy", default=Config.new_label_policy, choices=sorted(vocabulary.POLICIES))
-    p.add_argument("--vocabulary", default=Config.vocabulary)
-    p.add_argument("--quarantine", default=Config.quarantine)
-    p.add_argument("--max-bad-fraction", type=float, default=Config.max_bad_fraction)
-    p.add_argument("--previous-stats", default=Config.previous_stats)
-    p.add_argument("--drift-threshold", type=float, default=Config.drift_threshold)
+                   help=docs["split_fractions"] + " Comma-separated: train,eval,test, summing to 1.")
+    for field, option in MB_OPTIONS.items():
+        p.add_argument(runtime.flag(option), type=float, default=getattr(Config, field) / 2**20,
+                       help=f"{docs[field]} In MiB.")
+    p.add_argument("--labels", default="", help=docs["labels"] + " Comma-separated.")
     a = p.parse_args(argv)
     fractions = tuple(float(x) for x in a.split_fractions.split(","))
     if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0:
@@ -169,6 +170,12 @@ def parse_args(argv: list[str]) -> Config:
     kind = modality.of(a.task_type)
     if a.layout not in kind.layouts:
         p.error(f"--layout {a.layout} does not hold {a.task_type} data; use one of {', '.join(kind.layouts)}")
+    if a.layout == "table" and bool(a.table) == bool(a.query):
+        p.error("--layout table reads a catalog table (--table) or a query (--query): give exactly one")
+    if a.layout != "table" and (a.table or a.query or a.partition_column or a.image_root):
+        p.error(f"--table, --query, --partition-column and --image-root are for --layout table, not {a.layout}")
+    if a.image_root and a.task_type != modality.IMAGE_CLASSIFICATION:
+        p.error("--image-root is for image tables whose image column holds paths; a text table holds the texts")
     if not 0 <= a.min_text_chars <= a.max_text_chars or a.max_text_mb <= 0:
         p.error(f"need 0 <= --min-text-chars ({a.min_text_chars}) <= --max-text-chars ({a.max_text_chars}) and a "
                 "positive --max-text-mb")
@@ -177,21 +184,14 @@ def parse_args(argv: list[str]) -> Config:
     for name in ("max_bad_fraction", "drift_threshold"):
         if not 0 <= getattr(a, name) <= 1:
             p.error(f"--{name.replace('_', '-')} must be within [0, 1], got {getattr(a, name)}")
-    for k in ("raw", "output", "vocabulary", "quarantine", "previous_stats"):
+    for k in ("raw", "output", "vocabulary", "quarantine", "previous_stats", "image_root"):
         problem = storage.check_segments(getattr(a, k), f"--{k.replace('_', '-')}")
         if problem:
             p.error(problem)
     declared = tuple(x.strip() for x in a.labels.split(",") if x.strip())
-    return Config(raw=a.raw, output=a.output, task_type=a.task_type, layout=a.layout, labels_file=a.labels_file,
-                  id_column=a.id_column, label_column=a.label_column, image_column=a.image_column,
-                  text_column=a.text_column, split_fractions=fractions, min_text_chars=a.min_text_chars,
-                  max_text_chars=a.max_text_chars, max_text_bytes=int(a.max_text_mb * 2**20),
-                  min_shards=a.min_shards, target_shard_bytes=int(a.target_shard_mb * 2**20),
-                  min_image_side=a.min_image_side, max_image_side=a.max_image_side,
-                  max_image_bytes=int(a.max_image_mb * 2**20), labels=declared,
-                  new_label_policy=a.new_label_policy, vocabulary=a.vocabulary, quarantine=a.quarantine,
-                  max_bad_fraction=a.max_bad_fraction, previous_stats=a.previous_stats,
-                  drift_threshold=a.drift_threshold)
+    options = {k: v for k, v in vars(a).items() if k not in {*MB_OPTIONS.values(), "split_fractions", "labels"}}
+    return Config(**options, split_fractions=fractions, labels=declared,
+                  **{field: int(getattr(a, option) * 2**20) for field, option in MB_OPTIONS.items()})
 
 
 def _parent(url: str) -> str:
@@ -206,8 +206,19 @@ def id_column(cfg: Config) -> str:
     """The id column: as set, or ``id`` in text tables and ``path`` otherwise."""
     if cfg.id_column:
         return cfg.id_column
-    text_table = cfg.task_type == modality.TEXT_CLASSIFICATION and cfg.layout in ("csv", "parquet")
+    text_table = cfg.task_type == modality.TEXT_CLASSIFICATION and cfg.layout in ("csv", "parquet", "table")
     return "id" if text_table else "path"
+
+
+def table_input(cfg: Config, partition: str) -> layouts.TableInput:
+    """The table layout's input: the table or query, filtered to the partition's date (``ds=`` taken off)."""
+    return layouts.TableInput(table=cfg.table, query=cfg.query, partition_column=cfg.partition_column,
+                              partition_value=partition.removeprefix("ds="), image_root=cfg.image_root)
+
+
+def input_name(cfg: Config) -> str:
+    """What the stage reads, for messages and the manifest's ``source``: the raw partition, or the table input."""
+    return table_input(cfg, _name(cfg.raw)).describe() if cfg.layout == "table" else cfg.raw
 
 
 def input_column(cfg: Config) -> str:
@@ -215,7 +226,7 @@ def input_column(cfg: Config) -> str:
 
 
 def vocabulary_url(cfg: Config) -> str:
-    return cfg.vocabulary or storage.join(_parent(cfg.output), "_vocabulary")
+    return cfg.vocabulary or storage.join(_parent(cfg.output), run_folder.VOCABULARY)
 
 
 def quarantine_url(cfg: Config) -> str:
@@ -309,7 +320,7 @@ def make_plan(raw: layouts.RawPartition, current: vocabulary.Vocabulary, cfg: Co
         planned.append(p)
         task_of.append(n)
         members[n].append(p)
-    files_layout = raw.layout not in ("parquet", "csv")
+    files_layout = raw.files
     tasks = [prep_tasks.ShardTask(n, s, schema.shard_name(s, i, shards[s]),
                                   tuple(sorted(members[n], key=lambda p: (p.id, p.source))) if files_layout else ())
              for n, (s, i) in enumerate(keys)]
@@ -358,7 +369,7 @@ def execute(spark, raw: layouts.RawPartition, plan: Plan, ctx: prep_tasks.Contex
     tasks = plan.tasks
     with _Progress(sc, len(plan.planned)) as progress:
         done = progress.done
-        if raw.layout not in ("parquet", "csv"):
+        if raw.files:
             # One Spark task per shard reads its own files: no shuffle, and the bytes are read once. Largest first,
             # so that the last tasks to finish are small ones.
             order = sorted(tasks, key=lambda t: (-t.bytes, t.index))
@@ -366,17 +377,25 @@ def execute(spark, raw: layouts.RawPartition, plan: Plan, ctx: prep_tasks.Contex
                        .map(lambda t: _counted(prep_tasks.write_files_shard(t, ctx), done))
                        .collect())
         else:
-            # Parquet row groups hold records of every shard: check them where they are read, then shuffle the
-            # checked records to one writer per shard.
-            groups = [(g.file, g.index, [(plan.task_of[g.first + i], plan.planned[g.first + i])
-                                         for i in range(g.rows)]) for g in raw.parquet_groups]
-            in_groups = {g.first + i for g in raw.parquet_groups for i in range(g.rows)}
-            others = [(plan.task_of[i], p) for i, p in enumerate(plan.planned) if i not in in_groups]
-            checked = (sc.parallelize(groups, max(1, len(groups)))
-                       .flatMap(lambda g: prep_tasks.check_row_group(*g, ctx)))
-            if others:
-                checked = checked.union(sc.parallelize(others, 1).mapPartitions(
-                    lambda items: prep_tasks.check_files(list(items), ctx)))
+            if raw.frame is not None:
+                # A table's rows: the executors that run the query check them, finding each row's plan by its
+                # (id, label, digest); then the same shuffle to one writer per shard as for Parquet.
+                lookup = sc.broadcast({key: (plan.task_of[i], plan.planned[i])
+                                       for i, key in enumerate(raw.row_keys)})
+                checked = raw.frame.rdd.mapPartitions(
+                    lambda rows: prep_tasks.check_table_rows(rows, lookup.value, ctx))
+            else:
+                # Parquet row groups hold records of every shard: check them where they are read, then shuffle the
+                # checked records to one writer per shard.
+                groups = [(g.file, g.index, [(plan.task_of[g.first + i], plan.planned[g.first + i])
+                                             for i in range(g.rows)]) for g in raw.parquet_groups]
+                in_groups = {g.first + i for g in raw.parquet_groups for i in range(g.rows)}
+                others = [(plan.task_of[i], p) for i, p in enumerate(plan.planned) if i not in in_groups]
+                checked = (sc.parallelize(groups, max(1, len(groups)))
+                           .flatMap(lambda g: prep_tasks.check_row_group(*g, ctx)))
+                if others:
+                    checked = checked.union(sc.parallelize(others, 1).mapPartitions(
+                        lambda items: prep_tasks.check_files(list(items), ctx)))
             results = (checked.partitionBy(len(tasks), lambda k: k)
                        .mapPartitionsWithIndex(lambda i, items: [_counted(prep_tasks.write_checked(
                            tasks[i], (v for _, v in items), ctx), done)])
@@ -394,7 +413,7 @@ def write_quarantine(q_staging: str, cfg: Config, partition: str, results: list[
     lines = [json.dumps({"id": b[0], "label": b[1], "reason": b[2], "detail": b[3], "source": b[4], "bytes": b[5],
                          "file": b[6]}, sort_keys=True) for b in bad]
     storage.write_text_atomic(storage.join(q_staging, QUARANTINE_INDEX), "".join(line + "\n" for line in lines))
-    summary = {"partition": partition, "source": cfg.raw, "records": total, "bad": len(bad),
+    summary = {"partition": partition, "source": input_name(cfg), "records": total, "bad": len(bad),
                "reasons": dict(sorted(Counter(b[2] for b in bad).items())),
                "files": sorted({b[6] for b in bad}), "reason_codes": image_check.REASONS}
     storage.write_text_atomic(storage.join(q_staging, QUARANTINE_SUMMARY), json.dumps(summary, indent=2,
@@ -407,10 +426,10 @@ def check_bad_fraction(cfg: Config, bad: list[tuple], total: int, quarantine: st
     """Raises PrepError when no record is valid or too many are bad."""
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(Counter(b[2] for b in bad).items()))
     if len(bad) == total:
-        raise PrepError(f"{cfg.raw}: no valid records: all {total} records are bad ({reasons}); first: "
+        raise PrepError(f"{input_name(cfg)}: no valid records: all {total} records are bad ({reasons}); first: "
                         f"{_first_bad(bad)}. They are in {quarantine}")
     if len(bad) > cfg.max_bad_fraction * total:
-        raise PrepError(f"{cfg.raw}: {len(bad)} of {total} records are bad ({len(bad) / total:.1%} > "
+        raise PrepError(f"{input_name(cfg)}: {len(bad)} of {total} records are bad ({len(bad) / total:.1%} > "
                         f"max_bad_fraction {cfg.max_bad_fraction:.1%}): {reasons}; first: {_first_bad(bad)}. "
                         f"They are in {quarantine}; fix the producer's data, or raise --max-bad-fraction")
 
@@ -451,6 +470,56 @@ class _VocabularyRace(Exception):
     """Another run saved a vocabulary version that gives this partition's labels other ids: plan again."""
 
 
+def list_input(cfg: Config, spark=None) -> layouts.RawPartition:
+    """Lists the stage's input, every record with its label and source, as ``run`` does before checking them.
+
+    Args:
+        cfg: the stage's settings.
+        spark: the session for the table layout (created when None); the files layouts do not use it.
+
+    Raises:
+        PrepError: no ``_SUCCESS`` in the raw partition, an unusable manifest or layout, or no records.
+    """
+    kind = modality.of(cfg.task_type)
+    partition = _name(cfg.raw)
+    if cfg.layout == "table":
+        from pyspark.sql import SparkSession
+
+        # No folder to read, and no _SUCCESS: the rows are the catalog's, and the query selects the partition.
+        source = table_input(cfg, partition)
+        if not (source.partition_column or ":ds" in source.query):
+            log.warning("%s selects no partition (no --partition-column, no :ds in --query): every run reads all "
+                        "of its rows", source.describe())
+        spark = spark or SparkSession.builder.appName(f"prepare_examples {partition}").getOrCreate()
+        raw = layouts.list_table(spark, source, id_column(cfg), cfg.label_column, input_column(cfg),
+                                 kind.arrow_type, ids_optional=kind is modality.TEXT,
+                                 webhdfs=storage.webhdfs_settings())
+        if not raw.records:
+            raise PrepError(f"{source.describe()} gives no rows for partition {partition}: check the table's "
+                            "producer, the query, or --partition-column")
+    else:
+        if not storage.exists(storage.join(cfg.raw, schema.SUCCESS)):
+            raise PrepError(f"raw partition {cfg.raw} has no {schema.SUCCESS} marker: the producer has not finished")
+        raw = layouts.list_partition(cfg.layout, cfg.raw, cfg.labels_file, id_column(cfg), cfg.label_column,
+                                     input_column(cfg), kind.arrow_type, ids_optional=kind is modality.TEXT)
+        if not raw.records:
+            raise PrepError(f"raw partition {cfg.raw} holds no records in the {cfg.layout} layout (only hidden "
+                            "files, or nothing, besides its markers): check the producer, or --layout")
+    return raw
+
+
+def plan_partition(cfg: Config, spark=None) -> tuple[layouts.RawPartition, Plan]:
+    """The input and its plan against the vocabulary as it is now (every record's label id, split and shard, and
+    the shard tasks), without checking or writing anything: what a run would do, for tools that process the same
+    records another way (``bench/bench_prep.py``).
+
+    Raises:
+        PrepError: as ``list_input``, or new labels under the ``fail`` policy.
+    """
+    raw = list_input(cfg, spark)
+    return raw, make_plan(raw, vocabulary.load(vocabulary_url(cfg)), cfg, _name(cfg.raw))
+
+
 def run(cfg: Config, spark=None) -> dict:
     """Runs the stage and returns the manifest it wrote.
 
@@ -467,16 +536,10 @@ def run(cfg: Config, spark=None) -> dict:
         raise PrepError(f"layout {cfg.layout!r} does not hold {cfg.task_type} data; use one of "
                         f"{', '.join(kind.layouts)}")
     partition = _name(cfg.raw)
-    if not storage.exists(storage.join(cfg.raw, schema.SUCCESS)):
-        raise PrepError(f"raw partition {cfg.raw} has no {schema.SUCCESS} marker: the producer has not finished")
-    raw = layouts.list_partition(cfg.layout, cfg.raw, cfg.labels_file, id_column(cfg), cfg.label_column,
-                                 input_column(cfg), kind.arrow_type, ids_optional=kind is modality.TEXT)
-    if not raw.records:
-        raise PrepError(f"raw partition {cfg.raw} holds no records in the {cfg.layout} layout (only hidden files, "
-                        "or nothing, besides its markers): check the producer, or --layout")
+    raw = list_input(cfg, spark)
     listed_bad = sum(1 for r in raw.records if r.problem)
-    log.info("%s (%s, %s layout): %d records listed, %d already bad (%.1fs)", cfg.raw, cfg.task_type, cfg.layout,
-             len(raw.records), listed_bad, time.time() - t0)
+    log.info("%s (%s, %s layout): %d records listed, %d already bad (%.1fs)", input_name(cfg), cfg.task_type,
+             cfg.layout, len(raw.records), listed_bad, time.time() - t0)
     quarantine = quarantine_url(cfg)
     vocab_url = vocabulary_url(cfg)
     spark = spark or SparkSession.builder.appName(f"prepare_examples {partition}").getOrCreate()
@@ -502,7 +565,7 @@ def _write(cfg: Config, spark, raw: layouts.RawPartition, plan: Plan, current: v
         bounds = (modality.TextBounds(cfg.min_text_chars, cfg.max_text_chars, cfg.max_text_bytes)
                   if cfg.task_type == modality.TEXT_CLASSIFICATION
                   else image_check.Bounds(cfg.min_image_side, cfg.max_image_side, cfg.max_image_bytes))
-        ctx = prep_tasks.Context(raw=cfg.raw, staging=staging, quarantine_staging=q_staging, bounds=bounds,
+        ctx = prep_tasks.Context(raw=raw.root or cfg.raw, staging=staging, quarantine_staging=q_staging, bounds=bounds,
                                  webhdfs=storage.webhdfs_settings(), column=input_column(cfg),
                                  task_type=cfg.task_type)
         t1 = time.time()
@@ -517,7 +580,8 @@ def _write(cfg: Config, spark, raw: layouts.RawPartition, plan: Plan, current: v
                  busy / wall)
         bad = write_quarantine(q_staging, cfg, partition, results, total)
         if valid + len(bad) != total:  # every listed record is either written or quarantined, exactly once
-            raise RuntimeError(f"{cfg.raw}: {total} records listed but {valid} written and {len(bad)} quarantined")
+            raise RuntimeError(f"{input_name(cfg)}: {total} records listed but {valid} written and {len(bad)} "
+                               "quarantined")
         storage.commit_staging(q_staging, quarantine)
         check_bad_fraction(cfg, bad, total, quarantine)
 
@@ -542,7 +606,7 @@ def _write(cfg: Config, spark, raw: layouts.RawPartition, plan: Plan, current: v
         manifest = {
             "partition": partition,
             "task_type": cfg.task_type,
-            "source": cfg.raw,
+            "source": input_name(cfg),
             "layout": cfg.layout,
             "labels": list(vocab.labels),
             "vocabulary": {"url": vocab.url, "version": vocab.version},

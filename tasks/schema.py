@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 
+from tasks import run_folder
+
 IMAGE = "image/encoded"
 """Encoded image bytes (JPEG or PNG), as the producer wrote them."""
 TEXT = "text"
@@ -18,8 +20,8 @@ RECORD_ID = "record/id"
 """Stable id of the record: its path relative to the raw partition."""
 
 SPLITS = ("train", "eval", "test")
-MANIFEST = "manifest.json"
-SUCCESS = "_SUCCESS"
+MANIFEST = run_folder.MANIFEST
+SUCCESS = run_folder.SUCCESS
 
 
 def shard_name(split: str, index: int, count: int) -> str:

@@ -30,7 +30,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -38,12 +37,13 @@ import sys
 import time
 from collections import Counter
 
-from tasks import image_check, layouts, modality, prep_stats, prepare_examples, runtime, schema, scoring, storage
+from tasks import (image_check, layouts, modality, prep_stats, prepare_examples, run_folder, runtime, schema,
+                   scoring, storage)
 
 log = logging.getLogger("score_partition")
 
-STATS = "_stats.json"
-MANIFEST = "_manifest.json"
+STATS = run_folder.PREDICTIONS_STATS
+MANIFEST = run_folder.PREDICTIONS_MANIFEST
 
 
 @dataclasses.dataclass
@@ -71,8 +71,11 @@ class Config:
     id_column: str = ""
     """Column of the record id in table layouts; empty: as data prep chooses it."""
     label_column: str = "label"
+    """Column of the label in table layouts (kept in the output when present)."""
     image_column: str = "image"
+    """Column of the encoded image bytes (parquet layout)."""
     text_column: str = "text"
+    """Column of the text (text tables)."""
     quarantine: str = ""
     """Storage URL for the bad records; empty: ``<output's great-grandparent>/quarantine/predictions/<model>/ds=…``."""
     max_bad_fraction: float = 0.05
@@ -91,28 +94,8 @@ class Config:
 
 
 def parse_args(argv: list[str]) -> Config:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--output", required=True)
-    p.add_argument("--serving-root", required=True)
-    p.add_argument("--model-name", required=True)
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--raw", default="")
-    source.add_argument("--examples", default="")
-    p.add_argument("--split", default=Config.split, choices=schema.SPLITS)
-    p.add_argument("--version", type=int, default=Config.version)
-    p.add_argument("--partition", default="")
-    p.add_argument("--layout", default=Config.layout, choices=sorted(layouts.LAYOUTS))
-    p.add_argument("--labels-file", default=Config.labels_file)
-    p.add_argument("--id-column", default="")
-    p.add_argument("--label-column", default=Config.label_column)
-    p.add_argument("--image-column", default=Config.image_column)
-    p.add_argument("--text-column", default=Config.text_column)
-    p.add_argument("--quarantine", default="")
-    p.add_argument("--max-bad-fraction", type=float, default=Config.max_bad_fraction)
-    p.add_argument("--drift-threshold", type=float, default=Config.drift_threshold)
-    p.add_argument("--batch-size", type=int, default=Config.batch_size)
-    p.add_argument("--unit-records", type=int, default=Config.unit_records)
-    p.add_argument("--threads", type=int, default=Config.threads)
+    p = runtime.build_parser(Config, __doc__.splitlines()[0], skip=("task_type",), group=("raw", "examples"),
+                             choices={"split": schema.SPLITS, "layout": sorted(layouts.LAYOUTS)})
     a = p.parse_args(argv)
     for name in ("max_bad_fraction", "drift_threshold"):
         if not 0 <= getattr(a, name) <= 1:

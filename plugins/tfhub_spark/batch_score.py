@@ -33,8 +33,8 @@ def _version_date(version: int | str) -> str:
 
 def choose_run(model_name: str, partition: str | None, version: int | None,
                data_interval_start: dt.datetime | None, asset_events: dict | None) -> dict[str, Any]:
-    """The partition, version (0: the highest published) and model of a run, or None when a triggering event is
-    about another model.
+    """The partition, version (None: the highest published) and model of a run, or an empty dict when a
+    triggering event is about another model.
 
     :param model_name: the model this DAG scores (rendered ``model_name`` param or the pipeline Variable's).
     :param partition: the ``partition`` param.
@@ -53,7 +53,9 @@ def choose_run(model_name: str, partition: str | None, version: int | None,
         chosen = {"partition": _version_date(newest["version"]), "version": int(newest["version"]),
                   "model_name": model_name, "reason": f"published version {newest['version']} of {model_name}"}
     else:
-        chosen = {"partition": partition_date(partition, data_interval_start), "version": int(version or 0),
+        # No version: the scoring job's default, the highest published (the DAG leaves --version out).
+        chosen = {"partition": partition_date(partition, data_interval_start),
+                  "version": int(version) if version else None,
                   "model_name": model_name, "reason": "the partition param" if partition else "the data interval"}
     log.info("scoring partition %s with %s of %s (from %s)", chosen["partition"],
              f"version {chosen['version']}" if chosen["version"] else "the highest published version",

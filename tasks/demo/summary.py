@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from tasks import storage
+from tasks import run_folder, storage
 from tasks.partition import version_of
 
 
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     data_root = storage.join(a.storage_root, a.dataset) if a.dataset else a.storage_root
     run_dir = storage.local_path(storage.join(data_root, "runs", f"ds={a.ds}"))
     served = storage.local_path(storage.join(a.storage_root, "serving", a.model_name, str(version_of(a.ds))))
-    metrics_path = run_dir / "metrics.json"
+    metrics_path = run_dir / run_folder.METRICS
     if not metrics_path.exists():
         print(f"no metrics at {metrics_path}: the run did not evaluate", file=sys.stderr)
         return 1
@@ -31,9 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"partition        {a.ds}")
     print(f"test accuracy    {metrics['accuracy']:.4f} on {metrics['num_examples']} examples (loss {metrics['loss']:.4f})")
-    print(f"trained model    {run_dir / 'model'}")
+    print(f"trained model    {run_dir / run_folder.MODEL}")
     print(f"metrics          {metrics_path}")
-    print(f"history          {run_dir / 'history.json'}")
+    print(f"history          {run_dir / run_folder.HISTORY}")
     if (served / "saved_model.pb").exists():
         print(f"exported model   {served}  (TF Serving layout, signature serving_default)")
     else:

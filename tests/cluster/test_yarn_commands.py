@@ -113,10 +113,6 @@ def test_finetune_command_line_on_yarn(monkeypatch, tmp_path):
     cmd = command(op, tmp_path)
     conf = {**pipeline["spark_conf"],
             "spark.executorEnv.TF_USE_LEGACY_KERAS": "1", "spark.yarn.appMasterEnv.TF_USE_LEGACY_KERAS": "1",
-            "spark.dynamicAllocation.enabled": "false", "spark.barrier.sync.timeout": "900",
-            "spark.python.worker.reuse": "false",
-            "spark.scheduler.barrier.maxConcurrentTasksCheck.interval": "5s",
-            "spark.scheduler.barrier.maxConcurrentTasksCheck.maxFailures": "6",
             "spark.executorEnv.TFHUB_WEBHDFS_URL": "http://namenode:9870",
             "spark.executorEnv.TFHUB_WEBHDFS_USER": "airflow"}
     assert cmd == [
@@ -132,14 +128,12 @@ def test_finetune_command_line_on_yarn(monkeypatch, tmp_path):
         str(ROOT / "tasks" / "finetune.py"),
         "--examples", EXAMPLES, "--run-dir", RUN_DIR, "--storage-root", "hdfs://namenode:8020/tfhub",
         "--hub-module", "hub/shapes_fv_32", "--num-workers", "2", "--epochs", "15", "--batch-size", "32",
-        "--learning-rate", "0.002", "--fine-tune", "true", "--module-lr-scale", "1.0", "--max-restarts", "2",
-        "--checkpoint-every-steps", "50", "--stall-timeout-s", "300", "--slots-wait-s", "30",
+        "--learning-rate", "0.002", "--fine-tune", "true",
     ]
     c = confs(cmd)
-    # A barrier stage needs all its tasks at once: fixed executors, every one registered before it starts.
+    # A barrier stage needs all its tasks at once: fixed executors, every one registered before it starts. (The
+    # job itself sets no dynamic allocation, no worker reuse and the barrier timeouts: finetune.SESSION_CONF.)
     assert c["spark.dynamicAllocation.enabled"] == "false"
-    assert c["spark.barrier.sync.timeout"] == "900"
-    assert c["spark.python.worker.reuse"] == "false"
     assert int(c["spark.executor.instances"]) * int(c["spark.executor.cores"]) >= 2  # the DAG's num_workers
     assert c["spark.scheduler.minRegisteredResourcesRatio"] == "1.0"
 

@@ -67,7 +67,7 @@ def test_a_scheduled_run_scores_its_interval_with_the_highest_version():
 
     start = dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc)
     assert choose_run("shapes", None, None, start, {})["partition"] == "2026-11-20"
-    assert choose_run("shapes", None, None, start, {})["version"] == 0
+    assert choose_run("shapes", None, None, start, {})["version"] is None  # the job's default: the highest
     pinned = choose_run("shapes", "2026-11-18", 20261101, start, {})
     assert (pinned["partition"], pinned["version"]) == ("2026-11-18", 20261101)
 

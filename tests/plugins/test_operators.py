@@ -46,25 +46,31 @@ def test_prepare_examples_command_line(deployment, tmp_path):
     ]
 
 
-def test_finetune_command_line_sets_barrier_conf(deployment, tmp_path):
+def test_finetune_command_line_passes_only_what_the_run_sets(deployment, tmp_path):
     op = TfHubFinetuneOperator(task_id="finetune", examples="file:///e", run_dir="file:///r",
                                storage_root="file:///data", hub_module="hub/m", num_workers="2", epochs="3",
-                               batch_size="16", learning_rate="0.01", fine_tune=False, conf={"spark.driver.memory": "4g"})
+                               batch_size="16", learning_rate="0.01", fine_tune=False, image_size="",
+                               conf={"spark.driver.memory": "4g"})
     cmd = command(op, tmp_path)
     confs = dict(c.split("=", 1) for c in cmd[cmd.index("--conf") + 1::2] if "=" in c and c.startswith("spark."))
-    assert confs["spark.dynamicAllocation.enabled"] == "false"
-    assert confs["spark.barrier.sync.timeout"] == "900"
-    assert confs["spark.python.worker.reuse"] == "false"
-    # Spark's own barrier slot check would otherwise retry for 10 minutes (40 x 15 s).
-    assert confs["spark.scheduler.barrier.maxConcurrentTasksCheck.interval"] == "5s"
-    assert confs["spark.scheduler.barrier.maxConcurrentTasksCheck.maxFailures"] == "6"
+    # The barrier stage's Spark settings are the job's own (finetune.SESSION_CONF, SESSION_DEFAULTS).
+    assert not {k for k in confs if "barrier" in k or k in ("spark.dynamicAllocation.enabled",
+                                                             "spark.python.worker.reuse")}
     assert confs["spark.driver.memory"] == "4g"  # the operator's own conf wins over the deployment's
     app = cmd.index(str(ROOT / "tasks" / "finetune.py"))
+    # Options left at None (or rendered empty) are not passed: the job's defaults apply.
     assert cmd[app + 1:] == ["--examples", "file:///e", "--run-dir", "file:///r", "--storage-root", "file:///data",
                              "--hub-module", "hub/m", "--num-workers", "2", "--epochs", "3", "--batch-size", "16",
-                             "--learning-rate", "0.01", "--fine-tune", "false", "--module-lr-scale", "1.0",
-                             "--max-restarts", "2", "--checkpoint-every-steps", "50", "--stall-timeout-s", "300",
-                             "--slots-wait-s", "30"]
+                             "--learning-rate", "0.01", "--fine-tune", "false"]
+
+
+def test_finetune_barrier_sync_timeout_when_set(deployment, tmp_path):
+    op = TfHubFinetuneOperator(task_id="finetune", examples="file:///e", run_dir="file:///r",
+                               storage_root="file:///data", hub_module="hub/m", barrier_sync_timeout=120,
+                               max_restarts="0")
+    cmd = command(op, tmp_path)
+    assert cmd[cmd.index("spark.barrier.sync.timeout=120") - 1] == "--conf"
+    assert cmd[cmd.index(str(ROOT / "tasks" / "finetune.py")) + 1:][-2:] == ["--max-restarts", "0"]
 
 
 def test_tasks_zip_ships_the_package_reproducibly(tmp_path):

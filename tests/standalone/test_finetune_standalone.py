@@ -48,7 +48,7 @@ BASE_CONF = {
     "spark.driver.memory": "1g",
     "spark.ui.enabled": "false",
     "spark.ui.showConsoleProgress": "false",
-    # What TfHubFinetuneOperator adds to every fine-tuning job.
+    # What the job sets on a session it creates (finetune.SESSION_CONF, SESSION_DEFAULTS), given explicitly here.
     "spark.executorEnv.TF_USE_LEGACY_KERAS": "1",
     "spark.dynamicAllocation.enabled": "false",
     "spark.barrier.sync.timeout": "900",

@@ -236,7 +236,7 @@ def test_second_evaluation_compares_with_the_published_baseline(trained):
     root, examples, run_dir, _ = trained
     X.run(serving_cfg(root, examples, run_dir))
     blessing = E.run(E.Config(examples=examples, run_dir=run_dir, serving_root=f"file://{root}/serving",
-                              model_name="shapes", baseline_tolerance=0.0))
+                              model_name="shapes", min_accuracy=0.0, baseline_tolerance=0.0))
     # The baseline is this very model, re-scored through its serving signature: same accuracy, blessed.
     assert blessing["baseline"]["version"] == 20261120
     assert blessing["baseline"]["accuracy"] == pytest.approx(blessing["candidate"]["accuracy"])
@@ -384,7 +384,7 @@ def test_evaluate_and_export_on_hdfs(trained, tmp_path, monkeypatch):
         assert sorted(p.name for p in version.parent.iterdir()) == ["20261120"]
 
         blessing = E.run(E.Config(examples=cfg.examples, run_dir=cfg.run_dir, serving_root=cfg.serving_root,
-                                  model_name="shapes", baseline_tolerance=0.0))
+                                  model_name="shapes", min_accuracy=0.0, baseline_tolerance=0.0))
         assert blessing["baseline"]["version"] == 20261120 and blessing["baseline"]["path"] == url
         assert blessing["baseline"]["accuracy"] == pytest.approx(blessing["candidate"]["accuracy"])
         assert json.loads((run / "blessing.json").read_text()) == blessing
