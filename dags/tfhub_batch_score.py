@@ -62,7 +62,7 @@ PARAMS = {
     "labels_file": Param("labels.csv", type="string", minLength=1,
                          description="manifest layout: the labels manifest inside the raw partition (as for "
                                      "tfhub_finetune)."),
-    "id_column": Param("", type="string",
+    "id_column": Param(None, type=["null", "string"],
                        description="Tables and manifests: column of the record id. Empty: as data prep chooses it."),
     "label_column": Param("label", type="string", minLength=1,
                           description="Tables and manifests: column of the label (kept in the predictions when "
@@ -126,7 +126,7 @@ def tfhub_batch_score():
                   "--model-name": MODEL_NAME, "--version": VERSION, "--partition": DS,
                   "--layout": "{{ params.layout }}", "--max-bad-fraction": "{{ params.max_bad_fraction }}",
                   "--drift-threshold": "{{ params.drift_threshold }}", "--batch-size": "{{ params.batch_size }}",
-                  "--labels-file": "{{ params.labels_file }}", "--id-column": "{{ params.id_column }}",
+                  "--labels-file": "{{ params.labels_file }}", "--id-column": "{{ params.id_column or '' }}",
                   "--label-column": "{{ params.label_column }}", "--image-column": "{{ params.image_column }}",
                   "--text-column": "{{ params.text_column }}"},
         # Each Python worker keeps the model it loaded for the next tasks it runs (tasks/scoring.py).

@@ -71,27 +71,27 @@ PARAMS = {
                                 ".parquet), one folder per class, Parquet rows with the image bytes or the text, "
                                 "or (text only) CSV files with text and label columns; or table: rows of a Spark "
                                 "SQL table or query (table, query), read from the catalog, with no raw folder."),
-    "table": Param("", type="string",
+    "table": Param(None, type=["null", "string"],
                    description="layout table: a table of the Spark catalog, [database.]name, whose rows hold the "
                                "id, label and input columns (id_column, label_column, image_column or "
                                "text_column). Set table or query."),
-    "query": Param("", type="string",
+    "query": Param(None, type=["null", "string"],
                    description="layout table: a Spark SQL query giving the rows; filters and joins are yours, e.g. "
                                "SELECT i.path, l.label, i.image FROM images i JOIN labels l ON l.path = i.path "
                                "WHERE i.ds = :ds. :ds is the run's partition date (YYYY-MM-DD), bound as a "
                                "parameter."),
-    "partition_column": Param("", type="string",
+    "partition_column": Param(None, type=["null", "string"],
                               description="layout table: keep only the rows whose column equals the partition "
                                           "date (YYYY-MM-DD). Empty: every row of the table, or what the query "
                                           "selects with :ds."),
-    "image_root": Param("", type="string",
+    "image_root": Param(None, type=["null", "string"],
                         description="layout table, images: the image column holds paths relative to this folder "
                                     "(a storage URL, or a path under the dataset's folder). Empty: the image column "
                                     "holds the encoded image bytes."),
     "labels_file": Param("labels.csv", type="string", minLength=1,
                          description="manifest layout: the labels manifest inside the raw partition (CSV, or "
                                      "Parquet when it ends in .parquet)."),
-    "id_column": Param("", type="string",
+    "id_column": Param(None, type=["null", "string"],
                        description="Tables and manifests: column of the record id. Empty: path (manifests and "
                                    "image tables), or id in text tables, where it is optional (without it a "
                                    "record's id is a digest of its text)."),
@@ -100,7 +100,7 @@ PARAMS = {
     "image_column": Param("image", type="string", minLength=1,
                           description="parquet layout, images: column of the encoded image bytes."),
     "text_column": Param("text", type="string", minLength=1, description="Text tables: column of the text."),
-    "labels": Param("", type="string",
+    "labels": Param(None, type=["null", "string"],
                     description="The declared labels, comma-separated; records with any other label are bad "
                                 "(unknown_label). Empty: any label."),
     "split_fractions": Param("0.7,0.1,0.2", type="string", pattern=r"^[0-9.]+,[0-9.]+,[0-9.]+$",
@@ -203,11 +203,11 @@ def tfhub_finetune():
                   "--task-type": "{{ params.task_type }}", "--layout": "{{ params.layout }}", "--max-bad-fraction": "{{ params.max_bad_fraction }}",
                   "--new-label-policy": "{{ params.new_label_policy }}",
                   "--target-shard-mb": "{{ params.target_shard_mb }}",
-                  "--table": "{{ params.table }}", "--query": "{{ params.query }}",
-                  "--partition-column": "{{ params.partition_column }}", "--image-root": IMAGE_ROOT,
-                  "--labels-file": "{{ params.labels_file }}", "--id-column": "{{ params.id_column }}",
+                  "--table": "{{ params.table or '' }}", "--query": "{{ params.query or '' }}",
+                  "--partition-column": "{{ params.partition_column or '' }}", "--image-root": IMAGE_ROOT,
+                  "--labels-file": "{{ params.labels_file }}", "--id-column": "{{ params.id_column or '' }}",
                   "--label-column": "{{ params.label_column }}", "--image-column": "{{ params.image_column }}",
-                  "--text-column": "{{ params.text_column }}", "--labels": "{{ params.labels }}",
+                  "--text-column": "{{ params.text_column }}", "--labels": "{{ params.labels or '' }}",
                   "--split-fractions": "{{ params.split_fractions }}",
                   "--min-image-side": "{{ params.min_image_side }}", "--max-image-side": "{{ params.max_image_side }}",
                   "--max-image-mb": "{{ params.max_image_mb }}", "--min-text-chars": "{{ params.min_text_chars }}",
