@@ -40,6 +40,31 @@ class HubModuleError(RuntimeError):
     pass
 
 
+def save_module(module, info: dict, output: str, check=None) -> None:
+    """Saves a module this project builds: the TF2 SavedModel of ``module`` and its ``INFO_PATH``, into ``output``
+    atomically (a staging folder, committed whole; removed on failure).
+
+    Args:
+        module: what ``tf.saved_model.save`` saves.
+        info: the module info (input size, provenance).
+        output: storage URL of the module folder; replaced whole if it exists.
+        check: called with the staging folder once saved, before the commit (raises to refuse it).
+    """
+    import tensorflow as tf
+
+    staging = storage.staging_dir(output)
+    try:
+        tf.saved_model.save(module, str(staging))
+        (staging / INFO_PATH).parent.mkdir(parents=True, exist_ok=True)
+        (staging / INFO_PATH).write_text(json.dumps(info, indent=2))
+        if check is not None:
+            check(staging)
+        storage.commit_dir(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def handle_for(hub_module: str, storage_root: str) -> str:
     """The handle to pass to ``tensorflow_hub``: relative paths are taken under the storage root."""
     if "://" in hub_module or hub_module.startswith("/"):

@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
-import shutil
 import sys
 import time
 
 import numpy as np
 
-from tasks import hub_module, storage
+from tasks import hub_module
 from tasks.demo import shapes
 
 log = logging.getLogger(__name__)
@@ -121,15 +119,7 @@ def run(cfg: Config) -> dict:
         "pretext_classes": list(shapes.PRETEXT_CLASSES),
         "pretext_val_accuracy": round(pretext_accuracy, 4),
     }
-    staging = storage.staging_dir(cfg.output)
-    try:
-        tf.saved_model.save(extractor, str(staging))
-        (staging / hub_module.INFO_PATH).parent.mkdir(parents=True, exist_ok=True)
-        (staging / hub_module.INFO_PATH).write_text(json.dumps(info, indent=2))
-        storage.commit_dir(staging, cfg.output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    hub_module.save_module(extractor, info, cfg.output)
     log.info("saved hub module to %s", cfg.output)
     return info
 

@@ -21,17 +21,14 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import logging
-import shutil
 import sys
 import time
 
 import numpy as np
 
-from tasks import hub_module, storage
+from tasks import hub_module, runtime
 from tasks.demo import shapes
 
 log = logging.getLogger(__name__)
@@ -58,12 +55,7 @@ class Config:
 
 
 def parse_args(argv: list[str]) -> Config:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--output", required=True)
-    for f in dataclasses.fields(Config):
-        if f.name != "output":
-            p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
-    return Config(**{k.replace("-", "_"): v for k, v in vars(p.parse_args(argv)).items()})
+    return Config(**vars(runtime.build_parser(Config, __doc__.splitlines()[0]).parse_args(argv)))
 
 
 def build_feature_extractor(cfg: Config):
@@ -137,15 +129,7 @@ def run(cfg: Config) -> dict:
         "pretext_val_accuracy": None if accuracy is None else round(accuracy, 4),
         "build_seconds": round(time.time() - t0, 1),
     }
-    staging = storage.staging_dir(cfg.output)
-    try:
-        tf.saved_model.save(extractor, str(staging))
-        (staging / hub_module.INFO_PATH).parent.mkdir(parents=True, exist_ok=True)
-        (staging / hub_module.INFO_PATH).write_text(json.dumps(info, indent=2))
-        storage.commit_dir(staging, cfg.output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    hub_module.save_module(extractor, info, cfg.output)
     log.info("saved %s module (%d parameters) to %s", info["architecture"], info["parameters"], cfg.output)
     return info
 

@@ -34,16 +34,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import math
-import shutil
 import sys
 import time
 
 import numpy as np
 
-from tasks import hub_module, storage
+from tasks import hub_module
 from tasks.demo import text
 
 log = logging.getLogger(__name__)
@@ -306,16 +304,8 @@ def run(cfg: Config) -> dict:
         "pretext_val_loss": round(metrics["val_loss"], 4),
         "pretext_uses_target_labels": False,
     }
-    staging = storage.staging_dir(cfg.output)
-    try:
-        tf.saved_model.save(exportable(encoder, cfg), str(staging))
-        (staging / hub_module.INFO_PATH).parent.mkdir(parents=True, exist_ok=True)
-        (staging / hub_module.INFO_PATH).write_text(json.dumps(info, indent=2))
-        check_module(staging, encoder, cfg)
-        storage.commit_dir(staging, cfg.output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    hub_module.save_module(exportable(encoder, cfg), info, cfg.output,
+                           check=lambda staging: check_module(staging, encoder, cfg))
     log.info("saved text module to %s (%.1fs)", cfg.output, time.time() - t0)
     return info
 
