@@ -1,10 +1,12 @@
 """Spark application: distributed fine-tuning of a TF Hub module in a Spark barrier stage that survives a lost worker.
 
 The driver checks everything a barrier stage needs before launching it (pre-flight), then launches ``num_workers``
-barrier tasks. Each task imports TensorFlow, gets its own share of the training files and the hub module onto
-local disk, exchanges ``host:port`` with the others through ``BarrierTaskContext.allGather``, sets ``TF_CONFIG`` and
-trains one ``MultiWorkerMirroredStrategy`` model. Steps per epoch come from the manifest's global count, and each
-worker's input repeats, so every worker runs the same number of steps whatever its share of the files.
+barrier tasks. Each task imports TensorFlow, gets the hub module onto local disk and its own share of the
+training files ready (read in place on ``file://``; on ``hdfs://`` streamed while it trains, or downloaded first:
+``input_mode``, ``tasks.streamed_input``), exchanges ``host:port`` with the others through
+``BarrierTaskContext.allGather``, sets ``TF_CONFIG`` and trains one ``MultiWorkerMirroredStrategy`` model. Steps
+per epoch come from the manifest's global count, and each worker's input repeats, so every worker runs the same
+number of steps whatever its share of the files.
 
 Pre-flight (fails in well under a minute with what to change):
 
@@ -61,7 +63,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tasks import fencing, hub_module, logrelay, modality, run_folder, runtime, schema, storage
+from tasks import fencing, hub_module, logrelay, modality, run_folder, runtime, schema, storage, streamed_input
 
 log = logging.getLogger("finetune")
 
@@ -126,10 +128,20 @@ class Config:
     """A worker that reports nothing for this long (and a collective that waits this long) fails the stage."""
     slots_wait_s: float = 30.0
     """How long pre-flight waits for executors to register before failing for lack of task slots."""
+    input_mode: str = "auto"
+    """How workers read a dataset on hdfs://: stream (ranged WebHDFS reads with read-ahead while training, no local
+    copy), prefetch (download the worker's whole share to local disk first), or auto (prefetch when the share is at
+    most input_prefetch_max_mb, else stream). A file:// dataset is read in place."""
+    input_prefetch_max_mb: float = 256.0
+    """With input_mode auto, the largest share (a worker's training files and the eval files, in MB) that is
+    downloaded before training rather than streamed."""
+    input_cache_mb: float = 1024.0
+    """When streaming, the most MB of each worker's shards kept on its local disk as they stream, read from there
+    on the next passes (the rest is streamed on every pass); 0 keeps nothing on disk."""
 
 
 def parse_args(argv: list[str]) -> Config:
-    p = runtime.build_parser(Config, __doc__.splitlines()[0])
+    p = runtime.build_parser(Config, __doc__.splitlines()[0], choices={"input_mode": streamed_input.MODES})
     cfg = Config(**vars(p.parse_args(argv)))
     for name in ("num_workers", "epochs", "batch_size", "checkpoint_every_steps"):
         if getattr(cfg, name) < 1:
@@ -146,6 +158,9 @@ def parse_args(argv: list[str]) -> Config:
         p.error(f"--stall-timeout-s must be at least 10 seconds, got {cfg.stall_timeout_s}")
     if cfg.slots_wait_s < 0:
         p.error(f"--slots-wait-s must be at least 0, got {cfg.slots_wait_s}")
+    for name in ("input_prefetch_max_mb", "input_cache_mb"):
+        if getattr(cfg, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must be at least 0, got {getattr(cfg, name)}")
     for name in ("examples", "run_dir", "storage_root"):
         problem = storage.check_segments(getattr(cfg, name), f"--{name.replace('_', '-')}")
         if problem:
@@ -424,15 +439,6 @@ def scratch_root() -> str:
     return tempfile.gettempdir()
 
 
-def local_inputs(examples: str, names: list[str], scratch: Path) -> list[str]:
-    """Local paths of dataset files: the files themselves on ``file://``; on ``hdfs://`` copies downloaded
-    through WebHDFS into ``scratch`` (TensorFlow 2.21 cannot read ``hdfs://``), then read natively."""
-    if storage.scheme(examples) == "file":
-        base = storage.local_path(examples)
-        return [str(base / name) for name in names]
-    return [str(storage.fetch(storage.join(examples, name), scratch)) for name in names]
-
-
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("", 0))
@@ -601,17 +607,18 @@ def train_worker(spec: WorkerSpec, rank: int, cpus: int, host: str, all_gather, 
     t0 = time.time()
     train_share = assign_files(manifest["files"]["train"], n)[rank]
     eval_names = [f["name"] for f in manifest["files"]["eval"] if f["records"]]
-    train_files = local_inputs(cfg.examples, train_share, scratch / "examples")
-    eval_files = local_inputs(cfg.examples, eval_names, scratch / "examples")
+    sizes = {f["name"]: f["bytes"] for split in ("train", "eval") for f in manifest["files"][split]}
+    inputs = streamed_input.plan_inputs(cfg.examples, train_share, eval_names, sizes, scratch / "examples",
+                                        cfg.input_mode, cfg.input_prefetch_max_mb, rank, cfg.input_cache_mb)
+    train_files, eval_files = inputs.train, inputs.eval
     module_dir = hub_module.local_module(spec.module_url, Path(scratch_root()) / "tfhub-modules")
     store = TrainingStore(cfg.run_dir, scratch, rank)
     progress = store.pull()
     history = store.history() if rank == 0 else []
-    mb = sum(os.path.getsize(f) for f in train_files + eval_files) / 2**20
     steps = steps_per_epoch(manifest["counts"]["train"], cfg.batch_size)
-    log.info("worker %d/%d: %d train files %s (%d eval), %.1f MB from %s in %.2fs; %d steps per epoch of global "
-             "batch %d; %d cpus%s", rank, n, len(train_share), train_share, len(eval_files), mb,
-             storage.scheme(cfg.examples), time.time() - t0, steps, cfg.batch_size, cpus,
+    log.info("worker %d/%d: %d train files %s (%d eval), %.1f MB from %s, input %s, ready in %.2fs; %d steps per "
+             "epoch of global batch %d; %d cpus%s", rank, n, len(train_share), train_share, len(eval_files),
+             inputs.mb, storage.scheme(cfg.examples), inputs.mode, time.time() - t0, steps, cfg.batch_size, cpus,
              f"; checkpoint at epoch {progress['epoch']} step {progress['step']}" if progress else "")
     relay.beat("inputs_ready")
 
@@ -628,8 +635,9 @@ def train_worker(spec: WorkerSpec, rank: int, cpus: int, host: str, all_gather, 
 
     def train_fn(ctx):
         # One pipeline per worker over its own files; per-replica batch size from the input context.
-        return M.make_dataset(train_files, spec.image_size, ctx.get_per_replica_batch_size(cfg.batch_size),
-                              training=True, seed=cfg.seed + rank, threads=cpus, task_type=spec.task_type)
+        return streamed_input.make_dataset(inputs, train_files, spec.image_size,
+                                           ctx.get_per_replica_batch_size(cfg.batch_size), training=True,
+                                           seed=cfg.seed + rank, threads=cpus, task_type=spec.task_type)
 
     # Each worker validates its share of the eval records (every n-th, all workers reading them in one order), each
     # record once per epoch: its share's batches, then empty batches up to the steps of the largest share.
@@ -637,8 +645,9 @@ def train_worker(spec: WorkerSpec, rank: int, cpus: int, host: str, all_gather, 
     eval_steps = max(1, -(-largest_share // (cfg.batch_size // n)))
 
     def eval_fn(ctx):
-        ds = M.make_dataset(eval_files, spec.image_size, ctx.get_per_replica_batch_size(cfg.batch_size),
-                            training=False, threads=cpus, shard=(n, rank), task_type=spec.task_type)
+        ds = streamed_input.make_dataset(inputs, eval_files, spec.image_size,
+                                         ctx.get_per_replica_batch_size(cfg.batch_size), training=False,
+                                         threads=cpus, shard=(n, rank), task_type=spec.task_type)
         return M.padded_passes(ds, eval_steps)
 
     options = tf.distribute.InputOptions(experimental_fetch_to_device=False)
@@ -701,7 +710,8 @@ def train_worker(spec: WorkerSpec, rank: int, cpus: int, host: str, all_gather, 
         shutil.rmtree(target, ignore_errors=True)
     relay.beat("saved")
     return {"rank": rank, "history": logger.history, "steps_per_epoch": steps, "train_seconds": train_seconds,
-            "files": train_share, "first_step_end": logger.first_step_end, "resumed_from": resumed}
+            "files": train_share, "first_step_end": logger.first_step_end, "resumed_from": resumed,
+            "input": {"mode": inputs.mode, "reason": inputs.reason}}
 
 
 def barrier_task(spec: WorkerSpec, _rows=None):
@@ -902,7 +912,7 @@ def run(cfg: Config, spark=None) -> dict:
                "labels": manifest["labels"], "hub_module": cfg.hub_module,
                "hub_module_url": module_url, "worker_files": {r["rank"]: r["files"] for r in results},
                "sampling": sampling, "restarts": len(attempts) - 1, "attempts": attempts,
-               "resumed_from": chief["resumed_from"],
+               "resumed_from": chief["resumed_from"], "input": {r["rank"]: r["input"] for r in results},
                "timeline": timeline}
     storage.write_text_atomic(storage.join(cfg.run_dir, run_folder.HISTORY), json.dumps(history, indent=2))
     if chief["history"]:

@@ -90,7 +90,7 @@ def parse_example(serialized: tf.Tensor, image_size: tuple[int, int] | None,
 
 def make_dataset(files: list[str], image_size: tuple[int, int] | None, batch_size: int, *, training: bool,
                  seed: int = 0, threads: int | None = None, shard: tuple[int, int] | None = None,
-                 task_type: str = modality.IMAGE_CLASSIFICATION) -> tf.data.Dataset:
+                 task_type: str = modality.IMAGE_CLASSIFICATION, read_file=None) -> tf.data.Dataset:
     """A ``tf.data`` pipeline over TFRecord files: read, parse, preprocess (decode and resize images), batch,
     prefetch.
 
@@ -106,13 +106,15 @@ def make_dataset(files: list[str], image_size: tuple[int, int] | None, batch_siz
         shard: ``(count, index)``: keep every ``count``-th record from the ``index``-th, before decoding (workers
             splitting one pass over the same files); with ``training=False`` the shards partition the records.
         task_type: what the records hold (``tasks.modality``); images are also flipped at random in training.
+        read_file: a file name (a string tensor) to a dataset of its serialized records; default
+            ``tf.data.TFRecordDataset`` (``tasks.streamed_input`` passes its ranged WebHDFS reader).
     """
     if not files:
         raise ValueError("make_dataset got no files")
     ds = tf.data.Dataset.from_tensor_slices(list(files))
     if training:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)), num_parallel_calls=AUTOTUNE,
+    ds = ds.interleave(read_file or tf.data.TFRecordDataset, cycle_length=min(4, len(files)), num_parallel_calls=AUTOTUNE,
                        deterministic=not training)
     if shard is not None:
         ds = ds.shard(*shard)
