@@ -55,9 +55,16 @@ def parse_args(argv: list[str]) -> Config:
     p.add_argument("--raw-root", required=True)
     p.add_argument("--ds", required=True)
     p.add_argument("--num-images", type=int, default=Config.num_images)
+    p.add_argument("--min-size", type=int, default=Config.min_size,
+                   help="smallest image side in pixels (the real-size demo: 320)")
+    p.add_argument("--max-size", type=int, default=Config.max_size,
+                   help="largest image side in pixels (the real-size demo: 640)")
     p.add_argument("--seed", type=int, default=None)
     a = p.parse_args(argv)
-    return Config(raw_root=a.raw_root, ds=a.ds, num_images=a.num_images, seed=a.seed)
+    if not 8 <= a.min_size <= a.max_size:
+        p.error(f"need 8 <= --min-size <= --max-size, got {a.min_size} and {a.max_size}")
+    return Config(raw_root=a.raw_root, ds=a.ds, num_images=a.num_images, min_size=a.min_size, max_size=a.max_size,
+                  seed=a.seed)
 
 
 def seed_for(ds: str) -> int:
