@@ -12,7 +12,6 @@ case "$TFHUB_STORAGE_ROOT" in
 esac
 # The Spark SQL catalog of layout table (see spark_conf in variables.json): Spark creates the metastore on first use.
 mkdir -p "$TFHUB_CATALOG_DIR/warehouse"
-airflow db migrate >"$AIRFLOW_HOME/db-migrate.log" 2>&1 || { cat "$AIRFLOW_HOME/db-migrate.log"; exit 1; }
 
 rendered="$AIRFLOW_HOME/rendered-config"
 mkdir -p "$rendered"
@@ -21,7 +20,10 @@ for f in connections variables pools; do
     -e "s#@CATALOG_DIR@#$TFHUB_CATALOG_DIR#g" \
     "$CONFIG_DIR/$f.json" >"$rendered/$f.json"
 done
-airflow connections import --overwrite "$rendered/connections.json"
-airflow variables import --action-on-existing-key overwrite "$rendered/variables.json"
-airflow pools import "$rendered/pools.json"
+# The migration and the three imports in one interpreter (scripts/airflow_cli.py): one Airflow start-up, not four.
+python "$PROJECT_ROOT/scripts/airflow_cli.py" "db migrate" \
+  "connections import --overwrite '$rendered/connections.json'" \
+  "variables import --action-on-existing-key overwrite '$rendered/variables.json'" \
+  "pools import '$rendered/pools.json'" >"$AIRFLOW_HOME/setup.log" 2>&1 || { cat "$AIRFLOW_HOME/setup.log"; exit 1; }
+grep -E "^(Imported|Uploaded|[0-9]+ of [0-9]+)" "$AIRFLOW_HOME/setup.log" || true
 echo "Airflow home $AIRFLOW_HOME ready; storage root $TFHUB_STORAGE_ROOT; Spark SQL catalog $TFHUB_CATALOG_DIR"

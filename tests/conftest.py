@@ -59,6 +59,8 @@ def spark(tmp_path_factory):
                .config("spark.sql.warehouse.dir", str(tmp_path_factory.mktemp("spark-warehouse")))
                .config("spark.sql.shuffle.partitions", "4")
                .config("spark.python.worker.reuse", "false")
+               # As in config/embedded: the JIT's top tier costs short jobs more CPU than it saves them.
+               .config("spark.driver.extraJavaOptions", "-XX:TieredStopAtLevel=1")
                .getOrCreate())
     session.sparkContext.setLogLevel("WARN")
     yield session
@@ -112,6 +114,13 @@ def pytest_terminal_summary(terminalreporter) -> None:
     for nodeid, phases in slowest:
         parts = ", ".join(f"{when} {phases[when]:.1f} s" for when in ("setup", "call", "teardown") if when in phases)
         tr.write_line(f"{sum(phases.values()):8.1f} s  {nodeid}  ({parts})")
+    by_file: dict[str, float] = {}
+    for nodeid, phases in _PHASES.items():
+        name = nodeid.split("::")[0]
+        by_file[name] = by_file.get(name, 0.0) + sum(phases.values())
+    tr.write_line("slowest ten test files (all their tests and the fixtures they were the first to use):")
+    for name, seconds in sorted(by_file.items(), key=lambda kv: kv[1], reverse=True)[:10]:
+        tr.write_line(f"{seconds:8.1f} s  {name}")
 
 
 # --- session fixtures that tests of several modules share ------------------------------------------------------
@@ -171,7 +180,9 @@ def trained_demo_run(tmp_path_factory, demo_hub_module) -> DagRunResult:
     """The image demo through the whole DAG, once per session: the demo hub module at ``hub/shapes_fv_32``, the
     generated 600-image partition ``raw/ds=2026-11-20``, prepared into ``examples/ds=2026-11-20``, trained and
     evaluated in ``runs/ds=2026-11-20`` (15 epochs, default params) and published as
-    ``serving/shapes/20261120``, by ``airflow dags test tfhub_finetune 2026-11-21``.
+    ``serving/shapes/20261120``, by ``airflow dags test tfhub_finetune`` with ``{"partition": "2026-11-20"}`` and
+    no logical date (as ``make demo`` runs it). ``DEMO_RUN_DATE`` is the logical date whose run processes the same
+    partition without the param (the day before the end of its data interval), for tests that run it that way.
 
     The run's success is not asserted here (the end-to-end test does): check ``result.returncode`` first.
     Read-only: copy it (``copy_storage``) to write.
@@ -183,7 +194,7 @@ def trained_demo_run(tmp_path_factory, demo_hub_module) -> DagRunResult:
     env = setup_airflow_home(home, storage)
     install_hub_module(demo_hub_module, storage)
     make_dataset.run(make_dataset.Config(raw_root=f"file://{storage}/raw", ds=DEMO_DS))
-    res = airflow_sh(f"airflow dags test tfhub_finetune {DEMO_RUN_DATE}", env, timeout=1500)
+    res = airflow_sh(f"airflow dags test tfhub_finetune -c '{json.dumps({'partition': DEMO_DS})}'", env, timeout=1500)
     (base / "dags-test.log").write_text(res.stdout + res.stderr)
     return DagRunResult(base, storage, env, DEMO_DS, DEMO_RUN_DATE, res)
 
@@ -214,7 +225,7 @@ def trained_text_run(tmp_path_factory) -> DagRunResult:
     with open(part / "texts.csv", "a", newline="") as f:
         csv.writer(f).writerows(TEXT_BAD_ROWS)
     (part / "_SUCCESS").write_bytes(b"")
-    res = airflow_sh(f"airflow dags test tfhub_finetune {DEMO_RUN_DATE} -c '{json.dumps(TEXT_CONF)}'", env,
+    res = airflow_sh(f"airflow dags test tfhub_finetune -c '{json.dumps({**TEXT_CONF, 'partition': DEMO_DS})}'", env,
                      timeout=1500)
     (base / "dags-test.log").write_text(res.stdout + res.stderr)
     return DagRunResult(base, storage, env, DEMO_DS, DEMO_RUN_DATE, res)

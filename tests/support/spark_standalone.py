@@ -93,7 +93,8 @@ class SparkStandalone:
         conf_dir = self.work_dir / "conf"
         conf_dir.mkdir(parents=True, exist_ok=True)
         return daemon_env(None, SPARK_CONF_DIR=str(conf_dir), SPARK_LOG_DIR=str(self.work_dir / "logs"),
-                          SPARK_DAEMON_MEMORY="256m", **self.extra_env, **extra)
+                          SPARK_DAEMON_MEMORY="256m", SPARK_DAEMON_JAVA_OPTS="-XX:TieredStopAtLevel=1",
+                          **self.extra_env, **extra)
 
     def state(self) -> dict:
         """The master's JSON status (workers, applications), from its web UI."""
