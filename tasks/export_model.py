@@ -286,11 +286,8 @@ def _run(cfg: Config, scratch: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    runtime.setup_logging()
-    tfrecord.require_fast_crc32c()  # before any work: the slow fallback would turn minutes into hours
-    cfg = parse_args(sys.argv[1:] if argv is None else argv)
-    log.info("config:\n%s", runtime.config_json(cfg))
-    print(run(cfg))
+    # The fast CRC check first: the slow fallback would turn minutes into hours.
+    print(runtime.run_application(parse_args, run, argv, log, checks=[tfrecord.require_fast_crc32c]))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,18 @@ def config_json(cfg) -> str:
     return json.dumps(dataclasses.asdict(cfg), indent=2, sort_keys=True, default=str)
 
 
+def run_application(parse_args, run, argv: list[str] | None, logger: logging.Logger, checks=()):
+    """What every application's ``main`` does: logging set up, ``checks`` run (before any work), the command line
+    (``argv``, default ``sys.argv[1:]``) parsed into its ``Config`` and logged, then ``run(cfg)``; returns its result.
+    """
+    setup_logging()
+    for check in checks:
+        check()
+    cfg = parse_args(sys.argv[1:] if argv is None else argv)
+    logger.info("config:\n%s", config_json(cfg))
+    return run(cfg)
+
+
 def set_legacy_keras() -> None:
     """hub.KerasLayer is a tf-keras (Keras 2) layer; under Keras 3 ``tf.keras`` would be Keras 3 and reject it.
     Must run before TensorFlow is imported."""
