@@ -2,10 +2,10 @@
 
 choose_run -> wait_for_raw_partition -> score_partition -> summarize
 
-Daily like ``tfhub_finetune`` (the run scores the partition of its data interval start with the model's highest
-published version, or the ``version`` param), and also whenever a model is published (the ``tfhub_served_model``
-Asset): then it scores the partition that version was trained on, with that version, replacing that day's
-predictions. Predictions go to ``<data>/predictions/<model>/ds=<partition>/``; records that do not decode to
+Scheduled on the ``tfhub_served_model`` Asset, partition by partition (``PartitionedAssetTimetable``): each
+publication of a partition by ``tfhub_finetune`` makes one run with that partition key, which scores that partition
+with the version just published, replacing that day's predictions. A manual run scores its partition key (the
+trigger form's Partition Key) with the model's highest published version, or the ``version`` param. Predictions go to ``<data>/predictions/<model>/ds=<partition>/``; records that do not decode to
 ``<data>/quarantine/predictions/<model>/ds=<partition>/``.
 
 Wiring only: scoring runs on the Spark executors in ``tasks/score_partition.py`` (the model loaded once per Python
@@ -16,9 +16,8 @@ when tasks run.
 from __future__ import annotations
 
 import datetime as dt
-import os
 
-from airflow.sdk import AssetOrTimeSchedule, CronDataIntervalTimetable, Param, chain, dag, task
+from airflow.sdk import Param, PartitionedAssetTimetable, chain, dag, task
 from airflow.sdk.configuration import conf
 
 from tfhub_spark.assets import SERVED_MODEL
@@ -28,7 +27,6 @@ from tfhub_spark.params import FOLDER_NAME
 from tfhub_spark.run_folder import PREDICTIONS_STATS
 from tfhub_spark.sensors.partition import PartitionReadySensor
 
-SCHEDULE = os.environ.get("TFHUB_BATCH_SCORE_SCHEDULE", "0 0 * * *")
 SENSOR_DEFERRABLE = conf.getboolean("operators", "default_deferrable", fallback=True)
 
 SPARK_CONN_ID = "spark_tfhub"
@@ -45,8 +43,9 @@ PREDICTIONS = f"{DATA}/predictions/{MODEL_NAME}/ds={DS}"
 
 PARAMS = {
     "partition": Param(None, type=["null", "string"], format="date",
-                       description="Date partition to score, YYYY-MM-DD. Empty: the run's data interval start, or "
-                                   "for a run triggered by a publication, the partition that version was trained on."),
+                       description="Deprecated for triggered runs, which name their Partition Key (YYYY-MM-DD) "
+                                   "instead. For runs without a key (airflow dags test): the date partition to "
+                                   "score, YYYY-MM-DD. Empty: the day before the run's data interval end."),
     "version": Param(None, type=["null", "integer"], minimum=1,
                      description="Published version to score with (serving/<model_name>/<version>). Empty: the "
                                  "highest published version, or the one whose publication triggered the run."),
@@ -82,9 +81,8 @@ PARAMS = {
 
 @dag(
     dag_id="tfhub_batch_score",
-    # Daily, a run covering [start, end) scores the partition of its start; and on every published model.
-    schedule=AssetOrTimeSchedule(timetable=CronDataIntervalTimetable(SCHEDULE, timezone="UTC"),
-                                 assets=[SERVED_MODEL]),
+    # One run per published partition: the run's partition key is the publication event's.
+    schedule=PartitionedAssetTimetable(assets=SERVED_MODEL),
     start_date=dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc),
     catchup=False,
     max_active_runs=2,
@@ -102,11 +100,14 @@ PARAMS = {
 )
 def tfhub_batch_score():
     @task.short_circuit(task_id="choose_run", execution_timeout=dt.timedelta(minutes=5))
-    def choose_run(model_name: str, params=None, data_interval_start=None, triggering_asset_events=None) -> dict:
+    def choose_run(model_name: str, params=None, dag_run=None, triggering_asset_events=None) -> dict:
         from tfhub_spark.batch_score import choose_run as choose
+        from tfhub_spark.partition import run_partition
 
-        return choose(model_name, params["partition"], params["version"], data_interval_start,
-                      triggering_asset_events)
+        if triggering_asset_events:  # a publication: the partition it was trained on, with its version
+            return choose(model_name, None, params["version"], None, triggering_asset_events)
+        partition = run_partition(dag_run.partition_key, params["partition"], dag_run.data_interval_end)
+        return choose(model_name, partition, params["version"], None, {})
 
     wait_for_raw_partition = PartitionReadySensor(
         task_id="wait_for_raw_partition",

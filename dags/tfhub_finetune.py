@@ -1,6 +1,6 @@
 """One day of data to a served model: fine-tune a TF Hub module on Spark and publish it for TF Serving.
 
-wait_for_raw_partition -> prepare_examples -> finetune -> evaluate -> gate -> export_model
+wait_for_raw_partition -> prepare_examples -> finetune -> evaluate -> gate -> approve -> export_model
 
 Wiring only: Spark and TensorFlow run in the spark-submit applications under ``tasks/``. The deployment (storage
 root, Spark master, Spark conf) comes from the ``spark_tfhub`` connection and the ``tfhub_pipeline`` Variable,
@@ -13,12 +13,13 @@ import datetime as dt
 import os
 
 from airflow.sdk.configuration import conf
-from airflow.sdk import CronDataIntervalTimetable, Param, chain, dag, task
+from airflow.sdk import CronPartitionTimetable, Param, chain, dag, task
 
 from tfhub_spark.assets import SERVED_MODEL
 from tfhub_spark.callbacks import log_failure, log_retry
+from tfhub_spark.operators.approval import APPROVAL_MODES, ModelApprovalOperator
 from tfhub_spark.operators.spark_job import ModelExportOperator, PipelineSparkSubmitOperator, TfHubFinetuneOperator
-from tfhub_spark.partition import MACROS
+from tfhub_spark.partition import KEY_FORMAT, MACROS
 from tfhub_spark.params import FOLDER_NAME
 from tfhub_spark.run_folder import BLESSING
 from tfhub_spark.sensors.partition import PartitionReadySensor
@@ -41,8 +42,10 @@ MODEL_NAME = "{{ params.model_name or var.json.tfhub_pipeline.model_name }}"
 # The demo hub module of each task type, under the storage root (made by `make hub-module`).
 DEFAULT_HUB_MODULES = {"image_classification": "hub/shapes_fv_32", "text_classification": "hub/text_embed_64"}
 HUB_MODULE = "{{ params.hub_module or default_hub_module(params.task_type) }}"
-DS = "{{ tfhub_partition(params.partition, data_interval_start) }}"
-VERSION = "{{ tfhub_version(tfhub_partition(params.partition, data_interval_start)) }}"
+# The run's partition key (tfhub_spark/partition.py: the param, then the data interval, for runs without one).
+_DS = "tfhub_partition(dag_run.partition_key, params.partition, dag_run.data_interval_end)"
+DS = "{{ " + _DS + " }}"
+VERSION = "{{ tfhub_version(" + _DS + ") }}"
 RAW = f"{DATA}/raw/ds={DS}"
 EXAMPLES = f"{DATA}/examples/ds={DS}"
 RUN_DIR = f"{DATA}/runs/ds={DS}"
@@ -53,7 +56,9 @@ IMAGE_ROOT = ("{% if params.image_root and '://' not in params.image_root %}" + 
 
 PARAMS = {
     "partition": Param(None, type=["null", "string"], format="date",
-                       description="Date partition to process, YYYY-MM-DD. Empty: the run's data interval start."),
+                       description="Deprecated for triggered runs, which name their Partition Key (YYYY-MM-DD) "
+                                   "instead. For runs without a key (airflow dags test): the date partition to "
+                                   "process, YYYY-MM-DD. Empty: the day before the run's data interval end."),
     "task_type": Param("image_classification", type="string",
                        enum=["image_classification", "text_classification"],
                        description="What the records are. Every stage is shared; the dataset records it, so "
@@ -158,13 +163,21 @@ PARAMS = {
     "baseline_tolerance": Param(0.01, type="number", minimum=0, maximum=1,
                                 description="How far below the published model's accuracy (re-scored on the same "
                                             "test split) the candidate may be and still be blessed."),
+    "approval": Param("none", type="string", enum=list(APPROVAL_MODES),
+                      description="required: a blessed model waits for a reviewer to approve it (Airflow UI, "
+                                  "Required Actions, or the REST API) before it is published; rejected or not "
+                                  "answered within approval_timeout, nothing is published and the run succeeds. "
+                                  "none: published as soon as it is blessed."),
+    "approval_timeout": Param(1440, type="number", exclusiveMinimum=0, maximum=43200,
+                              description="approval required: minutes to wait for the reviewer's answer."),
 }
 
 
 @dag(
     dag_id="tfhub_finetune",
-    # A run covers one interval [start, end): the daily run after midnight processes the day that just ended.
-    schedule=CronDataIntervalTimetable(SCHEDULE, timezone="UTC"),
+    # A run processes one date partition, its partition_key: the daily run after midnight processes the day that
+    # just ended (run_offset -1); backfills and clears select runs by partition date and key.
+    schedule=CronPartitionTimetable(SCHEDULE, timezone="UTC", run_offset=-1, key_format=KEY_FORMAT),
     start_date=dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc),
     catchup=False,
     max_active_runs=2,
@@ -199,7 +212,8 @@ def tfhub_finetune():
         job="prepare_examples",
         conn_id=SPARK_CONN_ID,
         webhdfs_conn_id=WEBHDFS_CONN_ID,
-        job_args={"--raw": RAW, "--output": EXAMPLES, "--min-shards": "{{ params.num_workers * 2 }}",
+        job_args={"--raw": RAW, "--output": EXAMPLES, "--partition": DS,
+                  "--min-shards": "{{ params.num_workers * 2 }}",
                   "--task-type": "{{ params.task_type }}", "--layout": "{{ params.layout }}", "--max-bad-fraction": "{{ params.max_bad_fraction }}",
                   "--new-label-policy": "{{ params.new_label_policy }}",
                   "--target-shard-mb": "{{ params.target_shard_mb }}",
@@ -254,6 +268,16 @@ def tfhub_finetune():
 
         return is_blessed(blessing_url, webhdfs_conn_id=WEBHDFS_CONN_ID)
 
+    approve = ModelApprovalOperator(
+        task_id="approve",
+        run_dir=RUN_DIR,
+        approval="{{ params.approval }}",
+        approval_timeout="{{ params.approval_timeout }}",
+        model_name=MODEL_NAME,
+        version=VERSION,
+        webhdfs_conn_id=WEBHDFS_CONN_ID,
+    )
+
     export_model = ModelExportOperator(
         task_id="export_model",
         conn_id=SPARK_CONN_ID,
@@ -262,13 +286,14 @@ def tfhub_finetune():
         serving_root=f"{ROOT}/serving",
         model_name=MODEL_NAME,
         version=VERSION,
+        partition=DS,
         webhdfs_conn_id=WEBHDFS_CONN_ID,
         outlets=[SERVED_MODEL],
         execution_timeout=dt.timedelta(hours=1),
     )
 
     chain(wait_for_raw_partition, prepare_examples, finetune, evaluate, gate(f"{RUN_DIR}/{BLESSING}"),
-          export_model)
+          approve, export_model)
 
 
 tfhub_finetune()

@@ -1,5 +1,9 @@
 """Example consumer: runs whenever tfhub_finetune publishes a model, and reports what was published.
 
+Scheduled partition by partition (``PartitionedAssetTimetable``): tfhub_finetune's events carry the partition key,
+and Airflow queues a plain asset schedule only for events without one. Each run's ``partition_key`` is the date
+whose model was published.
+
 A real consumer would reload a TF Serving fleet, run a shadow evaluation or announce the model. This one logs
 the published model's path, version and accuracy from the asset event that triggered it.
 """
@@ -8,14 +12,14 @@ from __future__ import annotations
 
 import datetime as dt
 
-from airflow.sdk import dag, task
+from airflow.sdk import PartitionedAssetTimetable, dag, task
 
 from tfhub_spark.assets import SERVED_MODEL
 
 
 @dag(
     dag_id="tfhub_model_consumer",
-    schedule=[SERVED_MODEL],
+    schedule=PartitionedAssetTimetable(assets=SERVED_MODEL),
     start_date=dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc),
     catchup=False,
     tags=["tfhub", "example"],

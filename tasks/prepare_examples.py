@@ -4,8 +4,10 @@ Input ``<raw>/`` in one of these layouts (``--layout``, see ``tasks.layouts``): 
 (``labels.csv`` or a Parquet file: path, label), the default; one folder per class; Parquet files with the input
 (image bytes or text) in a column; for text, CSV files (text, label, optional id). ``_SUCCESS`` must be there: the
 producer has finished. Or ``--layout table``: the rows of a Spark SQL table or query (``--table``/``--query``,
-filtered to the partition by ``:ds`` in the query or ``--partition-column``), with no folder and no marker; then
-``--raw`` only names the partition (``ds=YYYY-MM-DD``).
+filtered to the partition by ``:ds`` in the query or ``--partition-column``), with no folder and no marker.
+
+``--partition YYYY-MM-DD`` is the partition's date (the DAG passes its run's partition key); without it, the date
+is read off the folder names (``ds=YYYY-MM-DD``), so ``--raw`` names the partition of a table.
 
 ``--task-type`` (``tasks.modality``) says what a record is. Every record is checked: an image decodes and its size
 is within bounds (``tasks.image_check``), a text is UTF-8, not blank and not too long; its label is known.
@@ -18,7 +20,7 @@ Output ``<output>/``, committed as a whole by renaming a staging folder into pla
                                         bad-record reasons
     _SUCCESS
 
-Bad records go to ``<quarantine>/`` (default ``<storage root>/quarantine/<partition>``), committed the same way,
+Bad records go to ``<quarantine>/`` (default ``<storage root>/quarantine/ds=<partition>``), committed the same way,
 also when the stage then fails::
 
     part-NNNNN.tfrecord   one tf.train.Example per bad record: record/id, label/text, quarantine/reason,
@@ -44,7 +46,7 @@ works, and is tested, for both reads and writes.
 
 Usage (spark-submit with the ``tasks`` package on ``--py-files``)::
 
-    spark-submit tasks/prepare_examples.py --raw file:///.../raw/ds=2026-11-20 \\
+    spark-submit tasks/prepare_examples.py --partition 2026-11-20 --raw file:///.../raw/ds=2026-11-20 \\
         --output file:///.../examples/ds=2026-11-20 --min-shards 4
 """
 
@@ -56,7 +58,6 @@ import json
 import logging
 import math
 import re
-import sys
 import threading
 import time
 from collections import Counter
@@ -78,6 +79,11 @@ class Config:
     """Storage URL of the raw partition folder."""
     output: str
     """Storage URL of the prepared dataset folder for this partition."""
+    partition: str = ""
+    """The partition's date, ``YYYY-MM-DD`` (the DAG passes its run's partition key): the table layout's filter
+    value and ``:ds``, the day before's stats for label drift, the quarantine folder ``quarantine/ds=<date>`` and the
+    partition recorded in the manifest. Empty: the date is read off the folder names (``--raw``'s and ``--output``'s
+    ``ds=YYYY-MM-DD``), for direct spark-submit use."""
     task_type: str = modality.IMAGE_CLASSIFICATION
     """``image_classification`` or ``text_classification`` (``tasks.modality``); written into the manifest, where
     the later stages read it."""
@@ -98,7 +104,7 @@ class Config:
     """Table layout: a table of the Spark catalog, ``[database.]name``, holding the rows (or set ``query``)."""
     query: str = ""
     """Table layout: a Spark SQL query giving the rows (filters and joins are the query's); ``:ds`` in it is the
-    partition's date (``--raw``'s ``ds=YYYY-MM-DD``), bound as a named parameter."""
+    partition's date (``--partition``), bound as a named parameter."""
     partition_column: str = ""
     """Table layout: keep the rows whose column equals the partition's date; empty: every row the table or query
     gives (then the query selects the partition with ``:ds``)."""
@@ -132,12 +138,12 @@ class Config:
     vocabulary: str = ""
     """Storage URL of the label vocabulary folder; empty: ``_vocabulary`` beside the output partition."""
     quarantine: str = ""
-    """Storage URL for the bad records; empty: ``<output's grandparent>/quarantine/<partition>``."""
+    """Storage URL for the bad records; empty: ``<output's grandparent>/quarantine/ds=<partition>``."""
     max_bad_fraction: float = 0.05
     """The stage fails when a larger fraction of the records is bad."""
     previous_stats: str = ""
-    """Storage URL of the previous partition's ``stats.json``, for label drift; empty: the day before's, beside the
-    output, when the partition is named ``ds=YYYY-MM-DD``."""
+    """Storage URL of the previous partition's ``stats.json``, for label drift; empty: the day before's
+    (``ds=<partition - 1 day>``), beside the output."""
     drift_threshold: float = 0.2
     """Warn when the total variation distance between this and the previous label distribution is larger."""
 
@@ -184,6 +190,13 @@ def parse_args(argv: list[str]) -> Config:
     for name in ("max_bad_fraction", "drift_threshold"):
         if not 0 <= getattr(a, name) <= 1:
             p.error(f"--{name.replace('_', '-')} must be within [0, 1], got {getattr(a, name)}")
+    if a.partition:
+        try:
+            if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", a.partition):
+                raise ValueError("not of the form YYYY-MM-DD")
+            dt.date.fromisoformat(a.partition)
+        except ValueError as e:
+            p.error(f"--partition {a.partition!r} is not a date YYYY-MM-DD: {e}")
     for k in ("raw", "output", "vocabulary", "quarantine", "previous_stats", "image_root"):
         problem = storage.check_segments(getattr(a, k), f"--{k.replace('_', '-')}")
         if problem:
@@ -210,6 +223,12 @@ def id_column(cfg: Config) -> str:
     return "id" if text_table else "path"
 
 
+def partition_name(cfg: Config, folder: str | None = None) -> str:
+    """The partition as the stage's records name it, ``ds=YYYY-MM-DD``: ``--partition``; without it, the name of
+    ``folder`` (default ``--raw``), as direct spark-submit users name their folders."""
+    return f"ds={cfg.partition}" if cfg.partition else _name(folder or cfg.raw)
+
+
 def table_input(cfg: Config, partition: str) -> layouts.TableInput:
     """The table layout's input: the table or query, filtered to the partition's date (``ds=`` taken off)."""
     return layouts.TableInput(table=cfg.table, query=cfg.query, partition_column=cfg.partition_column,
@@ -218,7 +237,7 @@ def table_input(cfg: Config, partition: str) -> layouts.TableInput:
 
 def input_name(cfg: Config) -> str:
     """What the stage reads, for messages and the manifest's ``source``: the raw partition, or the table input."""
-    return table_input(cfg, _name(cfg.raw)).describe() if cfg.layout == "table" else cfg.raw
+    return table_input(cfg, partition_name(cfg)).describe() if cfg.layout == "table" else cfg.raw
 
 
 def input_column(cfg: Config) -> str:
@@ -235,16 +254,16 @@ def quarantine_url(cfg: Config) -> str:
     root = _parent(_parent(cfg.output))
     if not root or root.endswith(":/") or root.endswith(":"):
         raise PrepError(f"--output {cfg.output} has no grandparent folder to put quarantine/ in; set --quarantine")
-    return storage.join(root, "quarantine", _name(cfg.output))
+    return storage.join(root, "quarantine", partition_name(cfg, cfg.output))
 
 
 def previous_stats_url(cfg: Config) -> tuple[str | None, str]:
     """The previous partition's ``stats.json`` URL (None if unknown) and a name for it in messages."""
     if cfg.previous_stats:
         return cfg.previous_stats, cfg.previous_stats
-    m = re.fullmatch(r"ds=(\d{4}-\d{2}-\d{2})", _name(cfg.output))
+    m = re.fullmatch(r"ds=(\d{4}-\d{2}-\d{2})", partition_name(cfg, cfg.output))
     if not m:
-        return None, "the partition is not named ds=YYYY-MM-DD and --previous-stats is not set"
+        return None, "no --partition, the output is not named ds=YYYY-MM-DD and --previous-stats is not set"
     previous = f"ds={dt.date.fromisoformat(m.group(1)) - dt.timedelta(days=1)}"
     return storage.join(_parent(cfg.output), previous, STATS), previous
 
@@ -481,7 +500,7 @@ def list_input(cfg: Config, spark=None) -> layouts.RawPartition:
         PrepError: no ``_SUCCESS`` in the raw partition, an unusable manifest or layout, or no records.
     """
     kind = modality.of(cfg.task_type)
-    partition = _name(cfg.raw)
+    partition = partition_name(cfg)
     if cfg.layout == "table":
         from pyspark.sql import SparkSession
 
@@ -517,7 +536,7 @@ def plan_partition(cfg: Config, spark=None) -> tuple[layouts.RawPartition, Plan]
         PrepError: as ``list_input``, or new labels under the ``fail`` policy.
     """
     raw = list_input(cfg, spark)
-    return raw, make_plan(raw, vocabulary.load(vocabulary_url(cfg)), cfg, _name(cfg.raw))
+    return raw, make_plan(raw, vocabulary.load(vocabulary_url(cfg)), cfg, partition_name(cfg))
 
 
 def run(cfg: Config, spark=None) -> dict:
@@ -535,7 +554,7 @@ def run(cfg: Config, spark=None) -> dict:
     if cfg.layout not in kind.layouts:
         raise PrepError(f"layout {cfg.layout!r} does not hold {cfg.task_type} data; use one of "
                         f"{', '.join(kind.layouts)}")
-    partition = _name(cfg.raw)
+    partition = partition_name(cfg)
     raw = list_input(cfg, spark)
     listed_bad = sum(1 for r in raw.records if r.problem)
     log.info("%s (%s, %s layout): %d records listed, %d already bad (%.1fs)", input_name(cfg), cfg.task_type,
@@ -639,11 +658,8 @@ def _write(cfg: Config, spark, raw: layouts.RawPartition, plan: Plan, current: v
 
 
 def main(argv: list[str] | None = None) -> None:
-    runtime.setup_logging()
-    tfrecord.require_fast_crc32c()  # before any work: the slow fallback would turn minutes into hours
-    cfg = parse_args(sys.argv[1:] if argv is None else argv)
-    log.info("config:\n%s", runtime.config_json(cfg))
-    run(cfg)
+    # The fast CRC check first: the slow fallback would turn minutes into hours.
+    runtime.run_application(parse_args, run, argv, log, checks=[tfrecord.require_fast_crc32c])
 
 
 if __name__ == "__main__":

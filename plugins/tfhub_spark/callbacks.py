@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 
-from tfhub_spark.partition import partition_date
+from tfhub_spark.partition import run_partition
 
 log = logging.getLogger(__name__)
 
 
 def _partition(context) -> str:
     try:
-        return partition_date((context.get("params") or {}).get("partition"), context.get("data_interval_start"))
+        return run_partition(context.get("partition_key"), (context.get("params") or {}).get("partition"),
+                             getattr(context.get("dag_run"), "data_interval_end", None))
     except ValueError as e:
         return f"unknown ({e})"
 

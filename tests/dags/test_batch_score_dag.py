@@ -1,5 +1,5 @@
-"""The batch-scoring DAG: its task graph, its schedule (daily and on every published model), its params, and
-which partition, version and model a run scores."""
+"""The batch-scoring DAG: its task graph, its schedule (each published partition), its params, and which
+partition, version and model a run scores."""
 
 from __future__ import annotations
 
@@ -34,14 +34,16 @@ def test_task_graph_uses_the_pipeline_operators_and_sensor(dag):
                                                "/ds={{ ti.xcom_pull(task_ids='choose_run')['partition'] }}")
 
 
-def test_scheduled_daily_and_on_every_published_model(dag):
-    from airflow.sdk import AssetOrTimeSchedule, CronDataIntervalTimetable
+def test_scheduled_once_per_published_partition(dag):
+    from airflow.sdk import PartitionedAssetTimetable
 
-    # The serialized DAG is what the scheduler sees.
-    assert type(dag.timetable).__name__ == "AssetOrTimeSchedule" or isinstance(dag.timetable, AssetOrTimeSchedule)
-    assert [a.name for a in dag.timetable.asset_condition.objects] == ["tfhub_served_model"]
-    inner = dag.timetable.timetable
-    assert isinstance(inner, CronDataIntervalTimetable) or type(inner).__name__ == "CronDataIntervalTimetable"
+    assert isinstance(dag.timetable, PartitionedAssetTimetable)
+    assert dag.timetable.asset_condition.name == "tfhub_served_model"
+    # What the scheduler sees: a partitioned DAG, so each partitioned event makes a run with its key.
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    core = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag)).timetable
+    assert core.partitioned and type(core).__name__ == "PartitionedAssetTimetable"
 
 
 def test_params_are_typed_with_defaults_for_scheduled_runs(dag):
@@ -82,3 +84,20 @@ def test_a_publication_scores_its_own_partition_with_its_version_and_ignores_oth
     assert choose_run("other", None, None, None, events) == {}
     with pytest.raises(ValueError, match="not a date YYYYMMDD"):
         choose_run("shapes", None, None, None, {"a": [_event("shapes", 7)]})
+
+
+def test_a_run_scores_its_partition_key_or_what_its_publication_names(dag):
+    choose = dag.get_task("choose_run").python_callable
+    params = {"partition": None, "version": None}
+    keyed = types.SimpleNamespace(partition_key="2026-11-18", data_interval_end=None)
+    assert choose("shapes", params=params, dag_run=keyed, triggering_asset_events={})["partition"] == "2026-11-18"
+    # A run made by a publication: that partition, with exactly the published version.
+    events = {"tfhub_served_model": [_event("shapes", 20261118)]}
+    chosen = choose("shapes", params=params, dag_run=keyed, triggering_asset_events=events)
+    assert (chosen["partition"], chosen["version"]) == ("2026-11-18", 20261118)
+    # `airflow dags test tfhub_batch_score 2026-11-21` (no key; the interval [2026-11-21, 2026-11-21]).
+    unkeyed = types.SimpleNamespace(partition_key=None, data_interval_end=dt.datetime(2026, 11, 21,
+                                                                                       tzinfo=dt.timezone.utc))
+    assert choose("shapes", params=params, dag_run=unkeyed, triggering_asset_events={})["partition"] == "2026-11-20"
+    assert choose("shapes", params={**params, "partition": "2026-11-02"}, dag_run=unkeyed,
+                  triggering_asset_events={})["partition"] == "2026-11-02"

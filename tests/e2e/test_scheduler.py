@@ -1,6 +1,6 @@
 """The DAG through the real scheduler, triggerer and API server (`airflow standalone`), driven over the REST API
-the UI uses: trigger forms and their validation, a scheduled run whose partition arrives late, a backfill and a
-reprocess, and killing a running training task.
+the UI uses: trigger forms and their validation, a scheduled run whose partition arrives late, a backfill over
+partition dates and the rerun of one partition key, and killing a running training task.
 
 The tests of this module share the session's Airflow (``scheduler_airflow`` in tests/conftest.py) and run in file
 order. Whole-DAG runs use small partitions, one epoch and one worker where the test is about the scheduler, not
@@ -41,9 +41,11 @@ def make_partition(af, ds: str, n: int = SMALL) -> None:
     make_dataset.run(make_dataset.Config(raw_root=f"file://{af.storage}/raw", ds=ds, num_images=n))
 
 
-def trigger(af, conf: dict) -> str:
-    r = af.post(f"/dags/{DAG}/dagRuns", {"logical_date": None, "conf": conf})
+def trigger(af, conf: dict, partition_key: str | None = None) -> str:
+    """A manual run, as the trigger form makes it: the form's Partition Key is ``partition_key`` here."""
+    r = af.post(f"/dags/{DAG}/dagRuns", {"logical_date": None, "conf": conf, "partition_key": partition_key})
     assert r.status_code == 200, r.text
+    assert r.json()["partition_key"] == partition_key
     return r.json()["dag_run_id"]
 
 
@@ -69,6 +71,10 @@ def test_invalid_param_is_refused_and_no_run_is_created(af):
     assert "epochs" in r.text
     r = af.post(f"/dags/{DAG}/dagRuns", {"logical_date": None, "conf": {"partition": "2026-13-45"}})
     assert r.status_code in (400, 422), r.text
+    # The timetable's key format is YYYY-MM-DD: a key that is not such a date is refused.
+    for key in ("2026-13-45", "20261105"):
+        r = af.post(f"/dags/{DAG}/dagRuns", {"logical_date": None, "conf": {}, "partition_key": key})
+        assert r.status_code in (400, 422) and "key_format" in r.text, r.text
     # Folder names that would step out of the storage root (issue 16, item 10).
     for param in ("dataset", "model_name"):
         r = af.post(f"/dags/{DAG}/dagRuns", {"logical_date": None, "conf": {param: ".."}})
@@ -85,28 +91,28 @@ def test_scheduled_run_waits_for_late_partition_while_a_manual_run_uses_its_para
     unpaused_at = dt.datetime.now(dt.timezone.utc)
     r = af.patch(f"/dags/{DAG}", {"is_paused": False})
     assert r.status_code == 200, r.text
-    # Unpaused with catchup off, the scheduler creates the run of the latest complete interval.
+    # Unpaused with catchup off, the scheduler creates the run of the latest midnight, for the day that ended.
     new_scheduled = af.wait_for(lambda: sorted((x for x in af.runs(DAG) if x["run_type"] == "scheduled"
-                                                and x["dag_run_id"] not in known), key=lambda x: x["logical_date"]),
+                                                and x["dag_run_id"] not in known), key=lambda x: x["run_after"]),
                                 120, "a scheduled run")
     seen_at = dt.datetime.now(dt.timezone.utc)
     scheduled = new_scheduled[0]
-    ds = dt.datetime.fromisoformat(scheduled["data_interval_start"]).strftime("%Y-%m-%d")
-    # The interval that ended last at the moment the scheduler created the run: the day before that moment's
-    # UTC date. The moment lies between the unpause and the answer; only across midnight do the two differ.
+    ds = scheduled["partition_key"]
+    # The day that ended last at the moment the scheduler created the run: the day before that moment's UTC date.
+    # The moment lies between the unpause and the answer; only across midnight do the two differ.
     assert ds in {utc_yesterday(unpaused_at), utc_yesterday(seen_at)}, (ds, unpaused_at, seen_at)
     af.wait_for(lambda: af.task_states(DAG, scheduled["dag_run_id"]).get("wait_for_raw_partition") == "deferred",
                 180, "the sensor deferred to the triggerer", interval=1)
 
-    # Meanwhile a user triggers a run for another day with their own params.
+    # Meanwhile a user triggers a run for another day, named by its partition key, with their own params.
     make_partition(af, "2026-11-10")
-    manual = trigger(af, {"partition": "2026-11-10", "epochs": 3, "num_workers": 1, "batch_size": 16,
-                          "min_accuracy": 0.0})
+    manual = trigger(af, {"epochs": 2, "num_workers": 1, "batch_size": 16, "min_accuracy": 0.0},
+                     partition_key="2026-11-10")
     assert af.wait_run(DAG, manual)["state"] == "success", af.task_states(DAG, manual)
     history = json.loads((af.storage / "runs/ds=2026-11-10/history.json").read_text())
-    assert len(history["history"]) == 3 and history["num_workers"] == 1
+    assert len(history["history"]) == 2 and history["num_workers"] == 1
     finetune_cfg = json.loads((af.storage / "runs/ds=2026-11-10/finetune_config.json").read_text())
-    assert finetune_cfg["batch_size"] == 16 and finetune_cfg["epochs"] == 3
+    assert finetune_cfg["batch_size"] == 16 and finetune_cfg["epochs"] == 2
     assert "raw/ds=2026-11-10" in task_log(af, manual, "wait_for_raw_partition")
     assert (af.storage / "serving/shapes/20261110/saved_model.pb").exists()
 
@@ -125,22 +131,35 @@ def test_scheduled_run_waits_for_late_partition_while_a_manual_run_uses_its_para
             af.patch(f"/dags/{DAG}/dagRuns/{extra['dag_run_id']}", {"state": "failed"})
 
 
-def test_backfill_processes_each_date_and_reprocessing_one_touches_nothing_else(af):
+def published_events(af, run_ids) -> list[tuple[str, int, str]]:
+    """(partition key, version, partition) of each served-model event the given runs published."""
+    events = af.get("/assets/events", source_dag_id=DAG, limit=100)["asset_events"]
+    return sorted((e["partition_key"], e["extra"]["version"], e["extra"]["partition"]) for e in events
+                  if e["source_run_id"] in run_ids and e["name"] == "tfhub_served_model")
+
+
+def test_backfill_runs_one_partition_per_date_and_clearing_a_key_reruns_only_it(af):
     dates = ["2026-11-05", "2026-11-06", "2026-11-07"]
     for ds in dates:
         make_partition(af, ds)
+    known = {x["dag_run_id"] for x in af.runs(DAG)}
     af.patch(f"/dags/{DAG}", {"is_paused": False})
+    # A partitioned DAG's backfill range is a range of partition dates, both ends included.
     backfill = af.create_backfill({"dag_id": DAG, "from_date": "2026-11-05T00:00:00Z",
                                    "to_date": "2026-11-07T00:00:00Z", "dag_run_conf": QUICK, "max_active_runs": 2})
     done = af.wait_for(lambda: af.get(f"/backfills/{backfill['id']}")["completed_at"], 1500, "backfill completed",
                        interval=2)
     assert done
-    runs = [x for x in af.runs(DAG) if x["run_type"] == "backfill"]
-    assert sorted(x["logical_date"][:10] for x in runs) == dates
-    assert all(x["state"] == "success" for x in runs), [(x["dag_run_id"], x["state"]) for x in runs]
+    runs = {x["partition_key"]: x for x in af.runs(DAG) if x["run_type"] == "backfill"
+            and x["dag_run_id"] not in known}
+    assert sorted(runs) == dates
+    assert all(x["state"] == "success" for x in runs.values()), [(x["dag_run_id"], x["state"]) for x in runs.values()]
     for ds in dates:
         assert json.loads((af.storage / f"examples/ds={ds}/manifest.json").read_text())["partition"] == f"ds={ds}"
         assert (af.storage / f"serving/shapes/{ds.replace('-', '')}/saved_model.pb").exists()
+    # Each publication's Asset event carries its partition key and version (what tfhub_batch_score is scheduled on).
+    run_ids = {x["dag_run_id"] for x in runs.values()}
+    assert published_events(af, run_ids) == [(ds, int(ds.replace("-", "")), ds) for ds in dates]
 
     def digests(ds):
         return {kind: tree_digest(af.storage / path) for kind, path in
@@ -149,82 +168,28 @@ def test_backfill_processes_each_date_and_reprocessing_one_touches_nothing_else(
 
     before = {ds: digests(ds) for ds in dates}
     served_before = (af.storage / "serving/shapes/20261106/saved_model.pb").stat().st_mtime_ns
-    again = af.create_backfill({"dag_id": DAG, "from_date": "2026-11-06T00:00:00Z",
-                                "to_date": "2026-11-06T00:00:00Z", "dag_run_conf": QUICK,
-                                "reprocess_behavior": "completed"})
-    af.wait_for(lambda: af.get(f"/backfills/{again['id']}")["completed_at"], 900, "reprocess completed",
-                interval=2)
+    rerun = runs["2026-11-06"]
+    # Clearing by partition key (the REST call behind `airflow dags clear --partition-key`) reruns that run only.
+    r = af.post(f"/dags/{DAG}/clearDagRuns", {"partition_key": "2026-11-06", "dry_run": False})
+    assert r.status_code == 200, r.text
+    assert [x["dag_run_id"] for x in r.json()["dag_runs"]] == [rerun["dag_run_id"]]
+
+    def rerun_done():
+        run = af.get(f"/dags/{DAG}/dagRuns/{rerun['dag_run_id']}")
+        return run if run["state"] in ("success", "failed") and run["end_date"] != rerun["end_date"] else None
+
+    again = af.wait_for(rerun_done, 900, "the cleared partition's run finished again", interval=2)
     af.patch(f"/dags/{DAG}", {"is_paused": True})
-    run = [x for x in af.runs(DAG) if x["run_type"] == "backfill" and x["logical_date"].startswith("2026-11-06")]
-    assert [x["state"] for x in run] == ["success"]
+    assert again["state"] == "success", af.task_states(DAG, rerun["dag_run_id"])
     for ds in ("2026-11-05", "2026-11-07"):
         assert digests(ds) == before[ds], ds
+        assert af.get(f"/dags/{DAG}/dagRuns/{runs[ds]['dag_run_id']}")["end_date"] == runs[ds]["end_date"], ds
     assert (af.storage / "serving/shapes/20261106/saved_model.pb").stat().st_mtime_ns != served_before
+    assert published_events(af, run_ids) == sorted([(ds, int(ds.replace("-", "")), ds) for ds in dates]
+                                                   + [("2026-11-06", 20261106, "2026-11-06")])
     names = [p.name for p in (af.storage / "serving/shapes").iterdir()]
     assert {"20261105", "20261106", "20261107"} <= set(names)
     assert all(n.isdigit() for n in names), names  # no staging or aside folder left behind
-
-
-def chromium():
-    """Debian's headless Chromium through its chromedriver (never a driver Selenium would download)."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1400,1000"):
-        options.add_argument(flag)
-    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-
-
-def test_browser_triggers_the_dag_through_its_form(af, tmp_path):
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    make_partition(af, "2026-11-13")
-    af.patch(f"/dags/{DAG}", {"is_paused": False})
-    browser = chromium()
-    try:
-        wait = WebDriverWait(browser, 60)
-        browser.get(f"{af.url}/dags/{DAG}")
-        wait.until(ec.element_to_be_clickable((By.XPATH, "//button[normalize-space()='Trigger']"))).click()
-        form = wait.until(ec.visibility_of_element_located((By.NAME, "element_epochs")))
-
-        def set_value(name: str, text: str) -> None:
-            field = browser.find_element(By.NAME, name)
-            field.click()
-            field.send_keys(Keys.CONTROL, "a")
-            field.send_keys(text)
-
-        assert form.get_attribute("value") == "15"  # the param's default, shown by the form
-        browser.find_element(By.NAME, "element_partition").send_keys("11132026")  # a date input: mm dd yyyy
-        set_value("element_epochs", "2")
-        set_value("element_num_workers", "1")
-        set_value("element_min_accuracy", "0")
-        set_value("element_baseline_tolerance", "1")
-        browser.find_element(By.XPATH, "//*[@role='dialog']//button[normalize-space()='Trigger']").click()
-
-        def triggered():
-            return [x for x in af.runs(DAG) if (x.get("conf") or {}).get("partition") == "2026-11-13"]
-
-        run = af.wait_for(triggered, 60, "a run triggered from the browser")[0]
-        assert run["conf"]["epochs"] == 2 and run["run_type"] == "manual"
-        assert run["conf"]["num_workers"] == 1
-        assert af.wait_run(DAG, run["dag_run_id"])["state"] == "success"
-        browser.get(f"{af.url}/dags/{DAG}/runs/{run['dag_run_id']}")
-        # The run's page shows its state (as "Success"): what the user sees after triggering.
-        wait.until(ec.presence_of_element_located(
-            (By.XPATH, "//*[contains(translate(normalize-space(.), 'SUCES', 'suces'), 'success')]")))
-        browser.save_screenshot(str(tmp_path / "run.png"))
-    finally:
-        browser.quit()
-        af.patch(f"/dags/{DAG}", {"is_paused": True})
-    history = json.loads((af.storage / "runs/ds=2026-11-13/history.json").read_text())
-    assert len(history["history"]) == 2
 
 
 HELLO = re.compile(r"worker (\d+) of attempt (\d+) started: pid (\d+)")
@@ -237,7 +202,7 @@ def test_killing_a_running_training_task_leaves_no_spark_or_tf_process(af):
     make_partition(af, "2026-11-12", n=96)
     af.patch(f"/dags/{DAG}", {"is_paused": False})
     # Small batches, many epochs: 200 epochs of 8 steps, a training that lasts while the test looks at it.
-    run_id = trigger(af, {**QUICK, "partition": "2026-11-12", "epochs": 200, "num_workers": 2, "batch_size": 8})
+    run_id = trigger(af, {**QUICK, "epochs": 200, "num_workers": 2, "batch_size": 8}, partition_key="2026-11-12")
 
     def spark_submit() -> psutil.Process | None:
         for p in psutil.process_iter(["cmdline"]):

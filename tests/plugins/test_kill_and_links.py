@@ -1,5 +1,5 @@
-"""Killing a spark-submit leaves no descendant behind; the operators publish links to the Spark application and
-to TensorBoard."""
+"""Killing a spark-submit leaves no descendant behind; the operators publish links to the Spark application, to
+TensorBoard, and to the run folder's report and plots and the published version in the API server's file view."""
 
 from __future__ import annotations
 
@@ -7,13 +7,18 @@ import json
 import os
 import subprocess
 import time
+from pathlib import Path
 
 import psutil
 import pytest
 
-from tfhub_spark.links import SparkApplicationLink, TensorBoardLink
-from tfhub_spark.operators.spark_job import (PipelineSparkSubmitOperator, ProcessTreeSparkSubmitHook,
-                                             TfHubFinetuneOperator)
+from tfhub_spark.links import (EvaluationReportLink, PublishedVersionLink, SparkApplicationLink, TensorBoardLink,
+                               TrainingCurvesLink, files_url)
+from tfhub_spark.operators.approval import ModelApprovalOperator
+from tfhub_spark.operators.spark_job import (ModelExportOperator, PipelineSparkSubmitOperator,
+                                             ProcessTreeSparkSubmitHook, TfHubFinetuneOperator)
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -68,4 +73,69 @@ def test_tensorboard_link_names_the_runs_logs(deployment):
     assert TensorBoardLink().get_link(op, ti_key=None) == ""
     op.tensorboard_url = "file:///data/runs/ds=2026-11-20/tensorboard"
     assert TensorBoardLink().get_link(op, ti_key=None) == "file:///data/runs/ds=2026-11-20/tensorboard"
-    assert {type(link) for link in op.operator_extra_links} == {SparkApplicationLink, TensorBoardLink}
+    assert {type(link) for link in op.operator_extra_links} == {SparkApplicationLink, TensorBoardLink,
+                                                                TrainingCurvesLink}
+
+
+def test_tensorboard_link_opens_the_deployments_server_or_the_event_files(deployment, monkeypatch):
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "http://airflow.example:8080")
+    op = TfHubFinetuneOperator(task_id="finetune", examples="file:///e", run_dir="file:///data/runs/ds=2026-11-20",
+                               storage_root="file:///data", hub_module="hub/m")
+    # `make tensorboard` serves the runs folder: a run is its folder name there.
+    assert op.tensorboard_link({"storage_root": "file:///data",
+                                "tensorboard_url": "http://tb.example:6006/?runFilter={run}#timeseries"}) == \
+        "http://tb.example:6006/?runFilter=ds=2026-11-20#timeseries"
+    # No TensorBoard server named: the event files, listed by the API server's file view.
+    assert op.tensorboard_link({"storage_root": "file:///data"}) == \
+        "http://airflow.example:8080/tfhub/files/runs/ds=2026-11-20/tensorboard/"
+
+
+def test_run_folder_links_open_the_file_view(deployment, monkeypatch):
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "http://airflow.example:8080")
+    view = "http://airflow.example:8080/tfhub/files"
+    evaluate = PipelineSparkSubmitOperator(task_id="evaluate", job="evaluate",
+                                           job_args={"--run-dir": "file:///data/runs/ds=2026-11-20"})
+    assert {link.name: link.get_link(evaluate, ti_key=None) for link in evaluate.operator_extra_links} == {
+        "Spark application": "",
+        "Evaluation report": f"{view}/runs/ds=2026-11-20/report.md",
+        "Confusion matrix": f"{view}/runs/ds=2026-11-20/confusion_matrix.png",
+        "Training curves": f"{view}/runs/ds=2026-11-20/training_curves.png"}
+    # Only evaluate has a report: the other jobs of the same operator class have no such buttons.
+    prep = PipelineSparkSubmitOperator(task_id="prepare_examples", job="prepare_examples")
+    assert [type(link) for link in prep.operator_extra_links] == [SparkApplicationLink]
+
+    approve = ModelApprovalOperator(task_id="approve", run_dir="file:///data/topics/runs/ds=2026-11-20",
+                                    approval="required", approval_timeout="60", model_name="topics",
+                                    version="20261120")
+    assert [link.get_link(approve, ti_key=None) for link in approve.operator_extra_links] == [
+        f"{view}/topics/runs/ds=2026-11-20/report.md", f"{view}/topics/runs/ds=2026-11-20/confusion_matrix.png",
+        f"{view}/topics/runs/ds=2026-11-20/training_curves.png"]
+
+    export = ModelExportOperator(task_id="export_model", run_dir="file:///data/runs/ds=2026-11-20",
+                                 examples="file:///e", serving_root="file:///data/serving", model_name="shapes",
+                                 version="20261120")
+    assert PublishedVersionLink().get_link(export, ti_key=None) == ""  # nothing published yet
+    export.published_url = "file:///data/serving/shapes/20261120"
+    assert PublishedVersionLink().get_link(export, ti_key=None) == f"{view}/serving/shapes/20261120/"
+    # Outside the storage root the view serves nothing: no link rather than a dead one.
+    assert EvaluationReportLink().get_link(
+        PipelineSparkSubmitOperator(task_id="e", job="evaluate", job_args={"--run-dir": "file:///elsewhere/r"}),
+        ti_key=None) == ""
+    assert files_url("file:///data2/runs/x", "file:///data") == ""
+    assert files_url("hdfs://nn:8020/tfhub/runs/ds=2026-11-20/report.md", "hdfs://nn:8020/tfhub/") == \
+        "/tfhub/files/runs/ds=2026-11-20/report.md"
+
+
+def test_the_links_of_every_task_survive_the_dags_serialization():
+    """The API server shows the links of the serialized DAG: each link class must be registered by the plugin."""
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    dag = DagSerialization.from_dict(DagSerialization.to_dict(bag.dags["tfhub_finetune"]))
+    links = {t.task_id: set(t.extra_links) for t in dag.tasks}
+    review = {"Evaluation report", "Confusion matrix", "Training curves"}
+    assert links["finetune"] == {"Spark application", "TensorBoard", "Training curves"}
+    assert links["evaluate"] == {"Spark application", *review}
+    assert links["approve"] == review
+    assert links["export_model"] == {"Spark application", "Published version"}

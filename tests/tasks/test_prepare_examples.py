@@ -147,6 +147,36 @@ def test_a_path_listed_twice_is_quarantined_with_both_lines(tmp_path):
         ("a.jpg", ("duplicate_id", "listed 2 times in labels.csv (labels.csv:2 'circle', labels.csv:3 'square')"))]
 
 
+def test_the_partition_option_is_the_source_of_truth_of_the_derived_locations():
+    """``--partition`` names the quarantine folder, the previous day's stats and the table filter, whatever the
+    folders are called; without it, the folder names ``ds=YYYY-MM-DD`` still say it (direct spark-submit)."""
+    base = ["--raw", "file:///s/raw/incoming", "--output", "file:///s/examples/staged"]
+    cfg = P.parse_args([*base, "--partition", "2026-11-20"])
+    assert cfg.partition == "2026-11-20" and P.partition_name(cfg) == "ds=2026-11-20"
+    assert P.quarantine_url(cfg) == "file:///s/quarantine/ds=2026-11-20"
+    assert P.previous_stats_url(cfg) == (f"file:///s/examples/ds=2026-11-19/{P.STATS}", "ds=2026-11-19")
+    table = P.parse_args([*base, "--partition", "2026-03-01", "--layout", "table", "--table", "db.t",
+                          "--partition-column", "ds"])
+    assert P.table_input(table, P.partition_name(table)).partition_value == "2026-03-01"
+    assert "2026-03-01" in P.input_name(table)
+    old = P.parse_args(["--raw", "file:///s/raw/ds=2026-11-20", "--output", "file:///s/examples/ds=2026-11-20"])
+    assert P.partition_name(old) == "ds=2026-11-20" and P.quarantine_url(old) == "file:///s/quarantine/ds=2026-11-20"
+    assert P.previous_stats_url(old)[1] == "ds=2026-11-19"
+    for bad in ("20261120", "2026-02-30", "ds=2026-11-20"):
+        with pytest.raises(SystemExit):
+            P.parse_args([*base, "--partition", bad])
+
+
+def test_a_run_records_the_partition_it_is_given(spark, tmp_path):
+    raw = make_partition(tmp_path / "raw", "2026-11-20", num_images=8).rename(tmp_path / "raw" / "incoming")
+    cfg = P.Config(raw=f"file://{raw}", output=f"file://{tmp_path}/examples/ds=2026-11-20", partition="2026-11-20",
+                   min_shards=1)
+    manifest = P.run(cfg, spark)
+    assert manifest["partition"] == "ds=2026-11-20"
+    stats = json.loads((tmp_path / "examples" / "ds=2026-11-20" / P.STATS).read_text())
+    assert stats["partition"] == "ds=2026-11-20"
+
+
 def test_parse_args_validates_fractions():
     with pytest.raises(SystemExit):
         P.parse_args(["--raw", "file:///r", "--output", "file:///o", "--split-fractions", "0.5,0.5,0.5"])

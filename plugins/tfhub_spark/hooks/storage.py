@@ -10,6 +10,8 @@ between and which the operators hand to the jobs (``TFHUB_WEBHDFS_URL``), so the
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,3 +166,30 @@ class StorageHook(BaseHook):
             return Path(path).read_text()
         with self._webhdfs().read(path, encoding="utf-8") as reader:
             return reader.read()
+
+    def read_bytes(self, url: str) -> bytes:
+        scheme, path = self._scheme_path(url)
+        if scheme == "file":
+            return Path(path).read_bytes()
+        with self._webhdfs().read(path) as reader:
+            return reader.read()
+
+    def write_text_atomic(self, url: str, text: str) -> None:
+        """Replaces the file at ``url`` by writing a hidden sibling and renaming it over the target, as the jobs
+        commit their files (``tasks/storage.py``): a reader sees the old content or the new, never a part.
+
+        :param url: the file's storage URL; its folder must exist.
+        :param text: the new content (UTF-8).
+        """
+        scheme, path = self._scheme_path(url)
+        folder, _, name = path.rstrip("/").rpartition("/")
+        tmp = f"{folder}/.{name}.tmp-{uuid.uuid4().hex}"
+        if scheme == "file":
+            Path(tmp).write_text(text, encoding="utf-8")
+            os.replace(tmp, path)
+            return
+        client = self._webhdfs()
+        client.write(tmp, data=text.encode("utf-8"), overwrite=True)
+        # HDFS refuses to rename onto an existing file: delete it first (readers may see it absent, never partial).
+        client.delete(path, recursive=False)
+        client.rename(tmp, path)

@@ -21,7 +21,8 @@ from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOpe
 from airflow.sdk import Variable
 
 from tfhub_spark import fencing
-from tfhub_spark.links import SparkApplicationLink, TensorBoardLink
+from tfhub_spark.links import (REVIEW_LINKS, PublishedVersionLink, SparkApplicationLink, TensorBoardLink,
+                               TrainingCurvesLink, api_base_url, files_url)
 from tfhub_spark.run_folder import PUBLISHED, TENSORBOARD
 
 PIPELINE_VARIABLE = "tfhub_pipeline"
@@ -161,6 +162,8 @@ class PipelineSparkSubmitOperator(SparkSubmitOperator):
         self.pipeline_variable = pipeline_variable
         self.tasks_dir = tasks_dir
         self.webhdfs_conn_id = webhdfs_conn_id
+        if job == "evaluate":  # what a reviewer opens: the report, the confusion matrix, the training curves
+            self.operator_extra_links = (SparkApplicationLink(), *REVIEW_LINKS)
 
     def job_conf(self, context) -> dict[str, Any]:
         """Spark properties the job itself needs, over the deployment's; subclasses add theirs."""
@@ -495,7 +498,7 @@ class TfHubFinetuneOperator(PipelineSparkSubmitOperator):
                    "checkpoint_every_steps", "stall_timeout_s", "slots_wait_s")
     template_fields: Sequence[str] = (*PipelineSparkSubmitOperator.template_fields, *JOB_OPTIONS)
     ui_color = "#fff3e0"
-    operator_extra_links = (SparkApplicationLink(), TensorBoardLink())
+    operator_extra_links = (SparkApplicationLink(), TensorBoardLink(), TrainingCurvesLink())
 
     def __init__(self, *, examples: str, run_dir: str, storage_root: str, hub_module: str,
                  num_workers: int | str | None = None, epochs: int | str | None = None,
@@ -524,11 +527,19 @@ class TfHubFinetuneOperator(PipelineSparkSubmitOperator):
         self.slots_wait_s = slots_wait_s
         self.barrier_sync_timeout = barrier_sync_timeout
 
-    def execute(self, context) -> None:
-        pipeline = Variable.get(self.pipeline_variable, default=None, deserialize_json=True) or {}
+    def tensorboard_link(self, pipeline: dict[str, Any]) -> str:
+        """The TensorBoard link of this run: the deployment's TensorBoard server (the Variable's
+        ``tensorboard_url``, ``{run}`` and ``{logdir}`` filled in; ``make tensorboard`` serves the runs folder),
+        else the event files in the API server's file view."""
         logdir = self.run_dir.rstrip("/") + "/" + TENSORBOARD
         template = pipeline.get("tensorboard_url")
-        self.tensorboard_url = template.format(logdir=logdir) if template else logdir
+        if template:
+            return template.format(logdir=logdir, run=self.run_dir.rstrip("/").rpartition("/")[2])
+        return files_url(logdir + "/", str(pipeline.get("storage_root") or ""), api_base_url()) or logdir
+
+    def execute(self, context) -> None:
+        pipeline = Variable.get(self.pipeline_variable, default=None, deserialize_json=True) or {}
+        self.tensorboard_url = self.tensorboard_link(pipeline)
         context["ti"].xcom_push(key=TensorBoardLink().xcom_key, value=self.tensorboard_url)
         return super().execute(context)
 
@@ -556,17 +567,22 @@ class ModelExportOperator(PipelineSparkSubmitOperator):
     :param model_name: model folder under the serving root (templated).
     :param version: numeric version (templated).
     :param warmup_records: test records for the warm-up requests (templated); None: the job's default.
+    :param partition: the date partition the model was trained on, ``YYYY-MM-DD`` (templated): the partition key
+        of the outlet events (a run without a partition key would otherwise publish an event without one) and
+        ``partition`` in their extra.
     :param webhdfs_conn_id: WebHDFS connection for reading the result on ``hdfs://``.
     """
 
     #: The job's options that are this operator's arguments, in command-line order.
     JOB_OPTIONS = ("run_dir", "examples", "serving_root", "model_name", "version", "warmup_records")
-    template_fields: Sequence[str] = (*PipelineSparkSubmitOperator.template_fields, *JOB_OPTIONS)
+    template_fields: Sequence[str] = (*PipelineSparkSubmitOperator.template_fields, *JOB_OPTIONS, "partition")
     ui_color = "#e8f5e9"
+    operator_extra_links = (SparkApplicationLink(), PublishedVersionLink())
 
     def __init__(self, *, run_dir: str, examples: str, serving_root: str, model_name: str, version: str | int,
-                 warmup_records: int | str | None = None, **kwargs: Any) -> None:
+                 warmup_records: int | str | None = None, partition: str | None = None, **kwargs: Any) -> None:
         super().__init__(job="export_model", **kwargs)
+        self.partition = partition
         self.run_dir = run_dir
         self.examples = examples
         self.serving_root = serving_root
@@ -585,8 +601,14 @@ class ModelExportOperator(PipelineSparkSubmitOperator):
 
         url = self.run_dir.rstrip("/") + "/" + PUBLISHED
         published = json.loads(StorageHook(webhdfs_conn_id=self.webhdfs_conn_id).read_text(url))
+        self.published_url = published["url"]
         self.log.info("published %s version %s: %s (accuracy %s)", published["model_name"], published["version"],
                       published["url"], published.get("accuracy"))
+        if self.partition:
+            published = {**published, "partition": self.partition}
         for outlet in self.outlets or []:
-            context["outlet_events"][outlet].extra = dict(published)
+            event = context["outlet_events"][outlet]
+            event.extra = dict(published)
+            if self.partition:
+                event.add_partitions(self.partition)
         return published
