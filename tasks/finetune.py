@@ -931,10 +931,7 @@ def run(cfg: Config, spark=None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    runtime.setup_logging()
-    cfg = parse_args(sys.argv[1:] if argv is None else argv)
-    log.info("config:\n%s", runtime.config_json(cfg))
-    run(cfg)
+    runtime.run_application(parse_args, run, argv, log)
 
 
 if __name__ == "__main__":
