@@ -26,6 +26,23 @@ DEMO_ENV :=
 else
 $(error TASK=$(TASK): use TASK=image (the default) or TASK=text)
 endif
+# `make demo SIZE=real` runs the image DAG at real size: the MobileNetV2 1.0 224 module (pre-trained here, a few
+# minutes) on JPEG/PNG of 320-640 px, as its own dataset and model (shapes_real); DEMO_REAL_EPOCHS epochs.
+SIZE ?= demo
+DEMO_REAL_EPOCHS ?= 4
+ifeq ($(SIZE),real)
+ifneq ($(TASK),image)
+$(error SIZE=real is the image task's; drop TASK=$(TASK))
+endif
+HUB_MODULE := hub/mobilenet_v2_100_224
+HUB_BUILDER := tasks.demo.make_mobilenet_module
+DEMO_DATA = python -m tasks.demo.make_dataset --raw-root "$$TFHUB_STORAGE_ROOT/shapes_real/raw" --ds $(DEMO_DS) \
+	--num-images $(DEMO_IMAGES) --min-size 320 --max-size 640
+DEMO_ENV := DEMO_DATASET=shapes_real DEMO_MODEL=shapes_real \
+	DEMO_CONF='{"dataset": "shapes_real", "model_name": "shapes_real", "hub_module": "$(HUB_MODULE)", "epochs": $(DEMO_REAL_EPOCHS)}'
+else ifneq ($(SIZE),demo)
+$(error SIZE=$(SIZE): use SIZE=demo (the default, 32x32 module) or SIZE=real (MobileNetV2 at 224x224))
+endif
 # `make hub-module NAME=mobilenet_v2_100_224` builds the real-size image module (MobileNetV2 1.0 at 224x224).
 ifeq ($(NAME),mobilenet_v2_100_224)
 HUB_MODULE := hub/mobilenet_v2_100_224
@@ -34,15 +51,19 @@ else ifneq ($(NAME),)
 $(error NAME=$(NAME): the modules this project builds are the demo's (no NAME) and NAME=mobilenet_v2_100_224)
 endif
 
-.PHONY: help setup system-deps venv airflow-setup hub-module demo-data demo test bench clean hadoop-up hadoop-down
+.PHONY: help setup system-deps venv airflow-setup hub-module demo-data demo test bench clean hadoop-up hadoop-down \
+	ui tensorboard test-nightly
 
 help:
 	@echo "make demo     set up what is missing, then run the whole DAG on the embedded default"
-	@echo "              (TASK=text: the same DAG as text classification)"
+	@echo "              (TASK=text: the same DAG as text classification; SIZE=real: MobileNetV2 at 224x224)"
 	@echo "make test     run the test suite (unit, DAG, end to end)"
+	@echo "make test-nightly   the tests outside make test's time budget (the real-size module)"
 	@echo "make bench    run the benchmarks"
 	@echo "make setup    only install: system packages, virtualenv, Airflow home"
 	@echo "make hadoop-up / hadoop-down   start / stop a local HDFS + YARN (hadoop/MiniHadoop.java)"
+	@echo "make ui       airflow standalone on the project's Airflow home (UI_PORT=8080); prints the URL and login"
+	@echo "make tensorboard   TensorBoard on the runs folder of the storage root (TENSORBOARD_PORT=6006)"
 
 system-deps:
 	@bash scripts/system_deps.sh
@@ -74,7 +95,11 @@ demo: airflow-setup hub-module demo-data
 	@$(ENV) $(DEMO_ENV) bash scripts/run_demo.sh $(DEMO_DS)
 
 test: airflow-setup
-	@$(ENV) python -m pytest tests
+	@$(ENV) python -m pytest tests -m "not nightly"
+
+# The tests outside make test's time budget (pytest.ini, marker nightly).
+test-nightly: airflow-setup
+	@$(ENV) python -m pytest tests -m nightly
 
 bench: venv
 	@$(ENV) for b in bench/bench_*.py; do echo "== $$b"; python "$$b" || exit 1; done
@@ -85,6 +110,25 @@ hadoop-up: venv
 
 hadoop-down:
 	@$(ENV) python -m tests.support.minihadoop down
+
+# The Airflow UI of the embedded default: scheduler, DAG processor, triggerer and API server in one process.
+UI_PORT ?= 8080
+ui: airflow-setup
+	@$(ENV) export AIRFLOW__API__PORT=$(UI_PORT) AIRFLOW__API__BASE_URL="$${AIRFLOW__API__BASE_URL:-http://localhost:$(UI_PORT)}"; \
+	pw="$$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated"; \
+	echo "Airflow UI: $$AIRFLOW__API__BASE_URL (Airflow home $$AIRFLOW_HOME; Ctrl-C stops it)"; \
+	echo "Log in as admin, password in $$pw (generated at the first start and printed below as"; \
+	echo "'Password for user admin'); the DAGs start paused: unpause tfhub_finetune, then Trigger."; \
+	if [ -f "$$pw" ]; then echo "Password now: $$(python -c 'import json,sys; print(json.load(open(sys.argv[1]))["admin"])' "$$pw")"; fi; \
+	exec airflow standalone
+
+# TensorBoard on every run's event files (runs/ds=*/tensorboard); the finetune task's TensorBoard link opens it when
+# the tfhub_pipeline Variable has "tensorboard_url": "http://localhost:6006/?runFilter={run}#timeseries".
+TENSORBOARD_PORT ?= 6006
+tensorboard: venv
+	@$(ENV) logdir="$${TENSORBOARD_LOGDIR:-$${TFHUB_STORAGE_ROOT#file://}/runs}"; mkdir -p "$$logdir"; \
+	echo "TensorBoard: http://localhost:$(TENSORBOARD_PORT)/ (logdir $$logdir; Ctrl-C stops it)"; \
+	exec tensorboard --logdir "$$logdir" --host 127.0.0.1 --port $(TENSORBOARD_PORT)
 
 clean:
 	rm -rf var
