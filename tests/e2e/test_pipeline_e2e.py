@@ -51,14 +51,17 @@ def shuffle_train_labels(partition: Path, fractions=(0.7, 0.1, 0.2), seed: int =
 
 @pytest.fixture(scope="module")
 def worse_candidate_run(trained_demo_run, tmp_path_factory):
-    """A second day whose training labels are shuffled; min_accuracy 0 so that only the baseline can refuse it.
+    """A second day whose training labels are shuffled (two epochs, one worker); min_accuracy 0 so that only the
+    baseline can refuse it.
     Runs on a copy of the session's demo run (whose published model is the baseline), which stays read-only."""
     assert trained_demo_run.result.returncode == 0, "the first run must publish the baseline"
     base = tmp_path_factory.mktemp("e2e-worse")
     storage, env = copy_storage(trained_demo_run, base)
     part = Path(make_dataset.run(make_dataset.Config(raw_root=f"file://{storage}/raw", ds="2026-11-21"))[7:])
     shuffle_train_labels(part)
-    res = sh("airflow dags test tfhub_finetune 2026-11-22 -c '{\"min_accuracy\": 0.0}'", env, timeout=1500)
+    # Two epochs on one worker: with shuffled labels the candidate stays near chance however long it trains.
+    conf = {"min_accuracy": 0.0, "epochs": 2, "num_workers": 1}
+    res = sh(f"airflow dags test tfhub_finetune 2026-11-22 -c '{json.dumps(conf)}'", env, timeout=1500)
     (base / "dags-test-worse.log").write_text(res.stdout + res.stderr)
     return storage, res
 
