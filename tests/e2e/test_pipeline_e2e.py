@@ -132,8 +132,9 @@ def test_exported_model_classifies_held_back_images_in_a_fresh_process(dag_run, 
     version = storage / "serving" / "shapes" / "20261120"
     assert (version / "saved_model.pb").exists()
     assert sorted(p.name for p in version.parent.iterdir()) == ["20261120"]
-    # Images the pipeline never saw: another seed, another day.
-    held = make_dataset.run(make_dataset.Config(raw_root=f"file://{tmp_path}", ds="2027-01-01", num_images=80,
+    # Images the pipeline never saw: another seed, another day. 200 of them: with 80, a model of 0.93 test accuracy
+    # fell under the bar one run in ten by chance (71 of 80 right, measured on 2026-12-01).
+    held = make_dataset.run(make_dataset.Config(raw_root=f"file://{tmp_path}", ds="2027-01-01", num_images=200,
                                                 seed=987654))
     rows = list(csv.DictReader(open(tmp_path / "ds=2027-01-01" / "labels.csv")))
     paths = [str(tmp_path / "ds=2027-01-01" / r["path"]) for r in rows]
