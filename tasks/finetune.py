@@ -195,6 +195,10 @@ def check_training_data(examples: str, manifest: dict) -> None:
                             f"missing (first: {missing[:5]}); re-run prepare_examples")
     if not manifest["counts"]["train"]:
         raise FinetuneError(f"prepared dataset {examples} has no training records")
+    unsized = [f["name"] for split in ("train", "eval") for f in manifest["files"][split] if "bytes" not in f]
+    if unsized:  # the workers choose how to read their share by its size
+        raise FinetuneError(f"prepared dataset {examples}: {schema.MANIFEST} gives no size (bytes) for {len(unsized)} "
+                            f"files (first: {unsized[:5]}); re-run prepare_examples")
 
 
 def assign_files(files: list[dict], num_workers: int) -> list[list[str]]:

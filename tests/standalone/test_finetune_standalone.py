@@ -216,7 +216,7 @@ def skew(examples: Path, fraction: float = 0.85) -> list[int]:
         name = schema.shard_name("train", i, 2)
         with open(examples / name, "wb") as fh:
             tfrecord.write_records(fh, part)
-        files.append({"name": name, "records": len(part)})
+        files.append({"name": name, "records": len(part), "bytes": (examples / name).stat().st_size})  # as prep
     manifest["files"]["train"] = files
     (examples / schema.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return [f["records"] for f in files]

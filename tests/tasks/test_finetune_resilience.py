@@ -33,10 +33,10 @@ def test_skewed_files_are_split_so_every_worker_gets_a_file():
 
 
 def test_missing_training_files_are_named(tmp_path):
-    manifest = {"counts": {"train": 3}, "files": {"train": [{"name": "train-0", "records": 2},
-                                                            {"name": "train-1", "records": 1}],
-                                                  "eval": [{"name": "eval-0", "records": 1},
-                                                           {"name": "eval-1", "records": 0}]}}
+    manifest = {"counts": {"train": 3}, "files": {"train": [{"name": "train-0", "records": 2, "bytes": 20},
+                                                            {"name": "train-1", "records": 1, "bytes": 10}],
+                                                  "eval": [{"name": "eval-0", "records": 1, "bytes": 10},
+                                                           {"name": "eval-1", "records": 0, "bytes": 0}]}}
     (tmp_path / "train-0").write_bytes(b"")
     with pytest.raises(F.FinetuneError, match=r"2 files listed in manifest.json are missing \(first: "
                                               r"\['train-1', 'eval-0'\]\)"):
@@ -44,6 +44,9 @@ def test_missing_training_files_are_named(tmp_path):
     (tmp_path / "train-1").write_bytes(b"")
     (tmp_path / "eval-0").write_bytes(b"")
     F.check_training_data(f"file://{tmp_path}", manifest)  # an empty file may be absent: eval-1
+    del manifest["files"]["train"][1]["bytes"]  # the workers choose stream or prefetch by the sizes
+    with pytest.raises(F.FinetuneError, match=r"gives no size \(bytes\) for 1 files \(first: \['train-1'\]\)"):
+        F.check_training_data(f"file://{tmp_path}", manifest)
 
 
 def test_spark_settings_that_break_a_barrier_stage_are_refused(caplog):
