@@ -321,7 +321,8 @@ def resplit_training(examples: Path, count: int) -> list[int]:
         name = schema.shard_name("train", i, count)
         with open(examples / name, "wb") as fh:
             tfrecord.write_records(fh, records[i::count])
-        manifest["files"]["train"].append({"name": name, "records": len(records[i::count])})
+        manifest["files"]["train"].append({"name": name, "records": len(records[i::count]),
+                                           "bytes": (examples / name).stat().st_size})  # as prep writes it
     (examples / schema.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return [f["records"] for f in manifest["files"]["train"]]
 
