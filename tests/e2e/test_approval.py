@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from tasks.demo import make_dataset
+from tests.support.airflow_standalone import patient
 
 pytestmark = pytest.mark.e2e
 
@@ -53,17 +54,6 @@ def trigger(af, conf: dict, partition_key: str) -> str:
     r = af.post(f"/dags/{DAG}/dagRuns", {"logical_date": None, "conf": conf, "partition_key": partition_key})
     assert r.status_code == 200, r.text
     return r.json()["dag_run_id"]
-
-
-def patient(predicate):
-    """A wait's predicate that takes an API request timing out for "not yet": on a busy 2-core machine the API
-    server of ``airflow standalone`` sometimes answers after the client's 30 s."""
-    def check():
-        try:
-            return predicate()
-        except requests.RequestException:
-            return None
-    return check
 
 
 def awaiting_input(af, run_id: str, timeout: float = 1500) -> None:

@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
 
 from tasks.demo import make_dataset
 from tests.e2e.test_approval import ANSWER_AFTER_S
+from tests.support.airflow_standalone import patient
 
 pytestmark = pytest.mark.e2e
 
@@ -45,16 +45,6 @@ def chromium():
                  f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}"):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-
-
-def patient(predicate):
-    """A wait's predicate that takes an API request timing out for "not yet" (a busy 2-core machine)."""
-    def check():
-        try:
-            return predicate()
-        except requests.RequestException:
-            return None
-    return check
 
 
 def test_browser_triggers_approves_and_opens_the_report(af, tmp_path):

@@ -17,6 +17,17 @@ import requests
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def patient(predicate):
+    """A wait's predicate that takes an API request timing out for "not yet": on a busy 2-core machine the API
+    server of ``airflow standalone`` sometimes answers after the client's 30 s."""
+    def check():
+        try:
+            return predicate()
+        except requests.RequestException:
+            return None
+    return check
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
