@@ -94,8 +94,11 @@ demo-data: venv
 demo: airflow-setup hub-module demo-data
 	@$(ENV) $(DEMO_ENV) bash scripts/run_demo.sh $(DEMO_DS)
 
+# Two workers: most of a whole-DAG test keeps one core busy (tests/conftest.py groups what must share a worker).
+TEST_WORKERS ?= 2
+
 test: airflow-setup
-	@$(ENV) python -m pytest tests -m "not nightly"
+	@$(ENV) python -m pytest tests -m "not nightly" -n $(TEST_WORKERS)
 
 # The tests outside make test's time budget (pytest.ini, marker nightly).
 test-nightly: airflow-setup

@@ -4,11 +4,18 @@ DAG run that trained and published a demo model (image and text), and one ``airf
 
 Session fixtures are read-only for their users: a test that writes copies them first (``copy_storage``).
 Every run ends with ``pytest total: N s`` and the ten slowest tests, with their phases.
+
+``make test`` runs the suite on two pytest-xdist workers (``-n 2``): most of a whole-DAG test is
+one busy core (a JVM or a Python starting, the scheduler's loop), so two of them fill the machine's two. The tests
+that share a session fixture which is a running service or a trained DAG run form one group (``GROUPS``), run by
+one worker in file order; the session's files that only need building once (hub module, prepared dataset) are
+built by the first worker that needs them and reused by the other (``built_once``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 import shutil
@@ -16,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -37,15 +45,87 @@ os.environ["PYSPARK_PYTHON"] = sys.executable
 os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
 
 
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """The folder ``name``, filled by ``build(folder)`` once per test session, also when the session runs on
+    several xdist workers: the first worker to ask builds it under a lock in the folder the workers share, the
+    others wait for it and reuse it. Read-only for its users, like every session fixture."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    shared = tmp_path_factory.getbasetemp().parent  # the session's basetemp; each worker's is a folder in it
+    folder, done = shared / name, shared / f"{name}.built"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a worker that failed half way left
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
+# The tests that share a running service or a trained DAG run, by file: each group runs on one xdist worker, in
+# file order, the groups first, in this order, so that the other worker fills in around them. The first two start
+# together: one builds the demo hub module while the other starts the minicluster and needs the module later.
+# (name, the session fixtures that make them one group, their files or folders)
+GROUPS = (
+    ("airflow-standalone", {"scheduler_airflow"},
+     ("tests/e2e/test_scheduler.py", "tests/e2e/test_approval.py", "tests/e2e/test_browser.py")),
+    ("minihadoop", {"minihadoop"}, ("tests/hadoop/",)),
+    ("trained-dag-runs", {"trained_demo_run", "trained_text_run"},
+     ("tests/e2e/test_pipeline_e2e.py", "tests/e2e/test_text_pipeline_e2e.py", "tests/e2e/test_batch_score_e2e.py",
+      "tests/e2e/test_crash_retry.py")),
+    ("spark-standalone", set(), ("tests/standalone/",)),
+)
+# Of the airflow-standalone group, these unpause tfhub_finetune, which makes the scheduler create the run of the
+# day that just ended: they run after test_scheduler.py, whose late-partition test expects to be the first to
+# unpause it (see scheduler_airflow).
+AFTER_THE_SCHEDULER_TESTS = ("test_approval.py", "test_browser.py")
+
+
+def group_of(nodeid: str) -> int:
+    """The index in ``GROUPS`` of the test ``nodeid``'s group; ``len(GROUPS)`` for a test of no group."""
+    path = nodeid.split("::")[0]
+    return next((k for k, (_, _, files) in enumerate(GROUPS)
+                 if any(path == f or (f.endswith("/") and path.startswith(f)) for f in files)), len(GROUPS))
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        k = group_of(item.nodeid)
+        for name, fixtures, _ in GROUPS:
+            if fixtures & set(item.fixturenames) and (k == len(GROUPS) or GROUPS[k][0] != name):
+                raise pytest.UsageError(f"{item.nodeid} uses {sorted(fixtures & set(item.fixturenames))}: add its "
+                                        f"file to the group {name!r} in GROUPS of tests/conftest.py")
+    items.sort(key=lambda item: (group_of(item.nodeid), item.path.name in AFTER_THE_SCHEDULER_TESTS))  # stable
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Load scheduling in which a group of ``GROUPS`` is one unit of work (sent whole to one worker) and every other
+    test is a unit of its own, in collection order. (xdist's own ``--dist loadgroup`` marks the groups in the
+    test ids, which pytest 9 no longer lets it do.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            k = group_of(nodeid)
+            return GROUPS[k][0] if k < len(GROUPS) else nodeid
+
+    config.option.loadscopereorder = False  # keep the collection order: the groups first, in GROUPS' order
+    return GroupScheduling(config, log)
+
+
 @pytest.fixture(scope="session")
 def small_hub_module(tmp_path_factory) -> Path:
     """A demo hub module with little pre-training: for tests of the module API and the plumbing, not accuracy."""
     from tasks.demo import make_hub_module
 
-    out = tmp_path_factory.mktemp("hub") / "small_fv"
-    make_hub_module.run(make_hub_module.Config(output=f"file://{out}", image_size=32, feature_dim=16,
-                                               pretext_images=220, epochs=1, batch_size=32))
-    return out
+    def build(folder: Path) -> None:
+        make_hub_module.run(make_hub_module.Config(output=f"file://{folder / 'small_fv'}", image_size=32,
+                                                   feature_dim=16, pretext_images=220, epochs=1, batch_size=32))
+
+    return built_once(tmp_path_factory, "hub", build) / "small_fv"
 
 
 @pytest.fixture(scope="session")
@@ -79,9 +159,10 @@ def demo_hub_module(tmp_path_factory) -> Path:
     """The demo hub module with its default pre-training (about 90 s), built once per test session."""
     from tasks.demo import make_hub_module
 
-    out = tmp_path_factory.mktemp("demo_hub") / "shapes_fv_32"
-    make_hub_module.run(make_hub_module.Config(output=f"file://{out}"))
-    return out
+    def build(folder: Path) -> None:
+        make_hub_module.run(make_hub_module.Config(output=f"file://{folder / 'shapes_fv_32'}"))
+
+    return built_once(tmp_path_factory, "demo_hub", build) / "shapes_fv_32"
 
 
 def install_hub_module(module: Path, storage: Path) -> None:
@@ -283,16 +364,18 @@ class PreparedDataset:
 
 
 @pytest.fixture(scope="session")
-def prepared_demo_dataset(tmp_path_factory, spark) -> PreparedDataset:
+def prepared_demo_dataset(tmp_path_factory, request) -> PreparedDataset:
     """The demo's 600-image partition ``2026-11-20`` (default seed), prepared by the prep stage on the shared
     local Spark session with 4 shards minimum: the dataset of the tests that train on "a dataset"."""
     from tasks import prepare_examples as P
 
-    root = tmp_path_factory.mktemp("prepared-demo")
-    data = PreparedDataset(root, DEMO_DS, 600, 4)
-    make_partition(root / "raw", data.ds, data.num_images)
-    P.run(P.Config(raw=f"file://{data.raw}", output=f"file://{data.examples}", min_shards=data.min_shards), spark)
-    return data
+    def build(root: Path) -> None:
+        data = PreparedDataset(root, DEMO_DS, 600, 4)
+        make_partition(root / "raw", data.ds, data.num_images)
+        P.run(P.Config(raw=f"file://{data.raw}", output=f"file://{data.examples}", min_shards=data.min_shards),
+              request.getfixturevalue("spark"))
+
+    return PreparedDataset(built_once(tmp_path_factory, "prepared-demo", build), DEMO_DS, 600, 4)
 
 
 # One `airflow standalone` for the session's scheduler tests; stopped after the last test that uses it, so that
