@@ -42,12 +42,11 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import prelude  # noqa: F401  (first: the repository on sys.path, the environment)
+from prelude import ROOT, say
+from tasks.core import run_folder
+
+prelude.spark_in_this_process()
 
 NUM_IMAGES = int(os.environ.get("BENCH_PREP_IMAGES", "20000"))
 BENCH_DIR = Path(os.environ.get("BENCH_PREP_DIR", ROOT / "var" / "bench"))
@@ -55,9 +54,6 @@ DS = "ds=2026-01-01"
 CLASSES = ("cat", "dog", "bird", "fish", "horse", "car", "plane", "ship")
 BAD_EVERY = 400  # one bad file in 400: corrupt, truncated or empty, in turn
 
-
-def say(msg: str) -> None:
-    print(f"[bench_prep {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def _image(i: int) -> tuple[str, bytes]:
@@ -103,7 +99,7 @@ def make_partition(raw: Path) -> int:
     """Generates the raw partition once; returns its size in bytes."""
     params = {"images": NUM_IMAGES, "classes": list(CLASSES), "bad_every": BAD_EVERY, "version": 1}
     marker = raw / "_bench_params.json"
-    if (raw / "_SUCCESS").exists() and marker.exists() and json.loads(marker.read_text()) == params:
+    if (raw / run_folder.SUCCESS).exists() and marker.exists() and json.loads(marker.read_text()) == params:
         return sum(p.stat().st_size for p in raw.rglob("*") if p.is_file())
     say(f"generating {NUM_IMAGES} images into {raw} (once)")
     shutil.rmtree(raw, ignore_errors=True)
@@ -118,7 +114,7 @@ def make_partition(raw: Path) -> int:
                               for rel, _ in written]
     (raw / "labels.csv").write_text("\n".join(lines) + "\n")
     marker.write_text(json.dumps(params))
-    (raw / "_SUCCESS").write_bytes(b"")
+    (raw / run_folder.SUCCESS).write_bytes(b"")
     say(f"generated in {time.time() - t:.0f}s")
     return sum(n for _, n in written)
 
@@ -161,7 +157,9 @@ def run_baseline(raw: Path, out: Path, tf) -> tuple[float, float, int, float]:
     Returns:
         Wall seconds, CPU seconds, records written, and the seconds of those spent in ``check_image``.
     """
-    from tasks import image_check, modality, prep_tasks, schema, storage, tfrecord
+    from tasks.core import schema
+    from tasks.io import storage
+    from tasks.prep import image_check, modality, prep_tasks, tfrecord
     from tasks import prepare_examples as P
 
     t, cpu = time.time(), time.process_time()

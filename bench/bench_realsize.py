@@ -6,7 +6,7 @@ On the same generated data (the demo's four target classes, drawn by ``tasks.dem
 (a) transfer: the real-size module pre-trained on the pretext classes (``make hub-module
     NAME=mobilenet_v2_100_224``, built here with its defaults when missing), against the same architecture
     untrained (``--pretext-steps 0``, its batch norm calibrated the same way), each fine-tuned with the project's
-    model code (``tasks.model``: ``build_model`` with ``fine_tune=True``, ``make_dataset`` decoding and resizing to
+    model code (``tasks.training.model``: ``build_model`` with ``fine_tune=True``, ``make_dataset`` decoding and resizing to
     224, ``compile_for_training`` at the DAG's learning rate) in one process on the machine's cores, as one
     worker of ``tasks/finetune.py`` trains. ``realsize_transfer_gain`` is the evaluation accuracy of the pre-trained
     one minus that of the untrained one, on the held-out images, with the modules in inference mode.
@@ -37,14 +37,14 @@ import json
 import os
 import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
+import prelude  # noqa: F401  (first: the repository on sys.path, the environment)
+from prelude import DS, ROOT, say
+from tasks.core import run_folder
+
+prelude.legacy_keras()
 
 NUM_IMAGES = int(os.environ.get("BENCH_REALSIZE_IMAGES", "320"))
 EPOCHS = int(os.environ.get("BENCH_REALSIZE_EPOCHS", "2"))
@@ -53,14 +53,10 @@ MIN_PX = int(os.environ.get("BENCH_REALSIZE_MIN_PX", "320"))
 MAX_PX = int(os.environ.get("BENCH_REALSIZE_MAX_PX", "640"))
 BENCH_DIR = Path(os.environ.get("BENCH_REALSIZE_DIR", ROOT / "var" / "bench" / "realsize"))
 PRETRAINED = ROOT / "var" / "storage" / "hub" / "mobilenet_v2_100_224"
-DS = "2026-01-01"
 LEARNING_RATE = 2e-3
 """The DAG's default learning rate (``tasks.finetune.Config.learning_rate``)."""
 CEILING_STEPS = 4
 
-
-def say(msg: str) -> None:
-    print(f"[bench_realsize {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def ensure_modules() -> tuple[Path, Path]:
@@ -82,7 +78,8 @@ def ensure_modules() -> tuple[Path, Path]:
 
 def ensure_examples() -> tuple[Path, list[str]]:
     """The demo's generated partition as TFRecords (train and eval files) and a manifest ``export_model`` reads."""
-    from tasks import modality, schema, tfrecord
+    from tasks.core import schema
+    from tasks.prep import modality, tfrecord
     from tasks.demo import make_dataset, shapes
 
     examples = BENCH_DIR / f"examples-{NUM_IMAGES}-{MIN_PX}-{MAX_PX}"
@@ -129,7 +126,7 @@ class StepTimes:
     """Times of the ends of the training batches (validation excluded)."""
 
     def __new__(cls):
-        from tasks import model as M
+        from tasks.training import model as M
 
         class Times(M.tf.keras.callbacks.Callback):
             def __init__(self):
@@ -147,10 +144,10 @@ class StepTimes:
 
 def fine_tune(name: str, module: Path, examples: Path, labels: list[str]) -> dict:
     """Fine-tunes ``module`` on the examples with the project's model code; returns accuracy and timings."""
-    from tasks import model as M
+    from tasks.training import model as M
 
     tf = M.tf
-    manifest = json.loads((examples / "manifest.json").read_text())
+    manifest = prelude.read_json(examples, run_folder.MANIFEST)
     train_files = [str(examples / f["name"]) for f in manifest["files"]["train"]]
     eval_files = [str(examples / f["name"]) for f in manifest["files"]["eval"]]
     steps = manifest["counts"]["train"] // BATCH
@@ -188,7 +185,7 @@ def bare_ceiling(num_classes: int) -> float:
     """Training examples/s of the bare tf-keras MobileNetV2 (same head, same batch) on one in-memory batch."""
     import numpy as np
 
-    from tasks import model as M
+    from tasks.training import model as M
     from tasks.demo import make_mobilenet_module as builder
 
     tf = M.tf
@@ -215,7 +212,7 @@ def bare_ceiling(num_classes: int) -> float:
 
 def export(result: dict, module: Path, examples: Path, labels: list[str]) -> dict:
     """The chief's model save, then the project's export job; seconds of each."""
-    from tasks import export_model, run_folder
+    from tasks import export_model
 
     run_dir = BENCH_DIR / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -238,7 +235,7 @@ def export(result: dict, module: Path, examples: Path, labels: list[str]) -> dic
 
 
 def main() -> None:
-    from tasks import runtime
+    from tasks.core import runtime
 
     runtime.set_legacy_keras()
     t0 = time.time()

@@ -14,7 +14,7 @@ generated once into ``<BENCH_SCORE_DIR>/score/`` and reused.
   JVMs of one core each), with a session already started (its start-up is printed apart); TensorFlow one thread
   per task, the model loaded once per Python worker;
 * baseline: one Python process, one TensorFlow thread, running the same listing, reading, checks and scoring
-  (``tasks.scoring.score_unit`` on one unit holding every record) and writing one Parquet file.
+  (``tasks.serving.scoring.score_unit`` on one unit holding every record) and writing one Parquet file.
 
 Both predictions must agree within 1e-5, or the benchmark fails. Prints records/s of each, the model load time of
 each Python worker, and ends with ``score_speedup=<ours/baseline>``.
@@ -35,12 +35,11 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import prelude  # noqa: F401  (first: the repository on sys.path, the environment)
+from prelude import ROOT, say
+from tasks.core import run_folder
+
+prelude.spark_in_this_process()
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 NUM_IMAGES = int(os.environ.get("BENCH_SCORE_IMAGES", "3000"))
@@ -52,9 +51,6 @@ MASTER = os.environ.get("BENCH_SCORE_MASTER", "local-cluster[2,1,2048]")
 DS = "2026-01-01"
 LABELS = ("circle", "cross", "square", "triangle")
 
-
-def say(msg: str) -> None:
-    print(f"[bench_score {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def ensure_module() -> Path:
@@ -75,7 +71,7 @@ def ensure_module() -> Path:
 
 def ensure_partition() -> Path:
     raw = BENCH_DIR / "raw" / f"ds={DS}"
-    if (raw / "_SUCCESS").exists() and len(list((raw / "images").iterdir())) == NUM_IMAGES:
+    if (raw / run_folder.SUCCESS).exists() and len(list((raw / "images").iterdir())) == NUM_IMAGES:
         return raw
     from tasks.demo import make_dataset
 
@@ -87,8 +83,8 @@ def ensure_partition() -> Path:
 
 
 def publish(module: Path, version_dir: Path) -> None:
-    from tasks import export_model as X
-    from tasks import model as M
+    from tasks.serving import export
+    from tasks.training import model as M
 
     info = json.loads((module / "assets.extra" / "module_info.json").read_text())
     size = tuple(info.get("image_size") or (32, 32))
@@ -99,7 +95,7 @@ def publish(module: Path, version_dir: Path) -> None:
     shutil.rmtree(assets, ignore_errors=True)
     assets.mkdir(parents=True)
     (assets / "labels.txt").write_text("".join(f"{n}\n" for n in LABELS))
-    serving = X.build_serving_module(keras_model, str(assets / "labels.txt"), size, "image_classification")
+    serving = export.build_serving_module(keras_model, str(assets / "labels.txt"), size, "image_classification")
     M.tf.saved_model.save(serving, str(version_dir), signatures={"serving_default": serving.serve})
     (version_dir / "assets.extra").mkdir(exist_ok=True)
     (version_dir / "assets.extra" / "provenance.json").write_text(json.dumps({"task_type": "image_classification"}))
@@ -108,7 +104,8 @@ def publish(module: Path, version_dir: Path) -> None:
 
 def baseline(raw: Path, version_dir: Path, out: Path) -> tuple[float, float]:
     """One process, one TensorFlow thread: returns (seconds, model load seconds)."""
-    from tasks import image_check, layouts, scoring
+    from tasks.prep import image_check, layouts
+    from tasks.serving import scoring
 
     t0 = time.perf_counter()
     listed = layouts.list_partition("manifest", f"file://{raw}", "labels.csv", "path", "label", "image")
@@ -123,7 +120,7 @@ def baseline(raw: Path, version_dir: Path, out: Path) -> tuple[float, float]:
 
 
 def main() -> None:
-    from tasks import runtime
+    from tasks.core import runtime
 
     runtime.set_legacy_keras()
     module, raw = ensure_module(), ensure_partition()

@@ -34,27 +34,21 @@ Usage::
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
+import prelude  # noqa: F401  (first: the repository on sys.path, the environment)
+from prelude import BATCH, DS, ROOT, say, spark_submit, startup_phases
+from tasks.core import run_folder
 
-NUM_IMAGES = int(os.environ.get("BENCH_TRAIN_IMAGES", "1200"))
-EPOCHS = int(os.environ.get("BENCH_TRAIN_EPOCHS", "6"))
+prelude.legacy_keras()
+NUM_IMAGES, EPOCHS = prelude.setting("BENCH_TRAIN_IMAGES", 1200), prelude.setting("BENCH_TRAIN_EPOCHS", 6)
 BENCH_DIR = Path(os.environ.get("BENCH_TRAIN_DIR", ROOT / "var" / "bench" / "train"))
-DS = "2026-01-01"
-BATCH = 32
-"""Global batch of the headline comparison: the DAG's default."""
 BATCHES = [BATCH] + [int(b) for b in os.environ.get("BENCH_TRAIN_BATCHES", "64").split(",")
                      if b and int(b) != BATCH]
 """Global batches compared (the default one always); with 16 images per worker per step the demo model's step is
@@ -63,72 +57,13 @@ REPEATS = int(os.environ.get("BENCH_TRAIN_REPEATS", "2"))
 """Runs of each configuration, the two configurations alternating, the best run of each kept: this machine's speed
 drifts by tens of percent from one minute to the next (one run of each measured 0.59, the next 1.02), more than
 the effect measured."""
-SPARK_SUBMIT = Path(sys.executable).parent / "spark-submit"
-PHASES = [("jvm", "driver_process_start"), ("spark_session", "session_ready"), ("barrier_launch", "task_start"),
-          ("tf_import", "tf_imported"), ("inputs", "inputs_ready"), ("strategy_setup", "model_built"),
-          ("first_step", "first_step")]
-
-
-def say(msg: str) -> None:
-    print(f"[bench_train {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def job_env() -> dict[str, str]:
-    env = dict(os.environ)
-    # The jobs import the tasks package from --py-files, as under Airflow.
-    env.pop("PYTHONPATH", None)
-    env.update(PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
-    return env
-
-
-def tasks_zip(dest: Path) -> Path:
-    import zipfile
-
-    out = dest / "tasks.zip"
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted((ROOT / "tasks").rglob("*.py")):
-            if "__pycache__" not in path.parts:
-                zf.write(path, str(Path("tasks") / path.relative_to(ROOT / "tasks")))
-    return out
-
-
-def spark_submit(app: str, args: list[str], conf: dict[str, str], py_files: Path, log: Path,
-                 master: str = "local[2]") -> float:
-    """Runs one application; returns the wall-clock time it was launched at. Fails with the log's tail."""
-    cmd = [str(SPARK_SUBMIT), "--master", master, "--py-files", str(py_files)]
-    for key, value in {"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
-                       "spark.driver.memory": "1g", **conf}.items():
-        cmd += ["--conf", f"{key}={value}"]
-    cmd += [str(ROOT / "tasks" / app), *args]
-    started = time.time()
-    with open(log, "w") as out:
-        rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=job_env(), cwd=log.parent).returncode
-    if rc:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
-        raise SystemExit(f"bench_train: {app} failed with exit code {rc}; log {log}:\n{tail}")
-    return started
 
 
 def make_inputs(work: Path, py_files: Path) -> tuple[Path, Path]:
     """The hub module and the prepared examples, made once and reused."""
-    from tasks.demo import make_dataset, make_hub_module
-
-    hub = ROOT / "var" / "storage" / "hub" / "shapes_fv_32"
-    if not (hub / "saved_model.pb").exists():
-        # Same architecture as the demo module; throughput does not depend on how well it was pre-trained.
-        hub = work / "hub" / "shapes_fv_32"
-        if not (hub / "saved_model.pb").exists():
-            say("building a hub module (demo architecture, short pre-training)")
-            make_hub_module.run(make_hub_module.Config(output=f"file://{hub}", pretext_images=600, epochs=1))
     examples = work / f"examples-{NUM_IMAGES}" / f"ds={DS}"
-    if not (examples / "_SUCCESS").exists():
-        raw = work / f"raw-{NUM_IMAGES}"
-        shutil.rmtree(raw, ignore_errors=True)
-        say(f"generating {NUM_IMAGES} images and preparing them with Spark")
-        make_dataset.run(make_dataset.Config(raw_root=f"file://{raw}", ds=DS, num_images=NUM_IMAGES))
-        spark_submit("prepare_examples.py", ["--raw", f"file://{raw}/ds={DS}", "--output", f"file://{examples}",
-                                             "--min-shards", "4"], {}, py_files, work / "prepare.log")
-    return hub, examples
+    return (prelude.demo_hub_module(work),
+            prelude.prepared_examples(work, examples, DS, NUM_IMAGES, py_files))
 
 
 def train(name: str, work: Path, hub: Path, examples: Path, py_files: Path, workers: int,
@@ -144,30 +79,16 @@ def train(name: str, work: Path, hub: Path, examples: Path, py_files: Path, work
             "spark.barrier.sync.timeout": "900"}
     say(f"training: {name} ({workers} barrier workers x {task_cpus} cores, global batch {batch}, {EPOCHS} epochs)")
     submitted = spark_submit("finetune.py", args, conf, py_files, work / f"train-{name}.log")
-    history = json.loads((run_dir / "history.json").read_text())
+    history = prelude.read_json(run_dir, run_folder.HISTORY)
     rates = [h["examples_per_sec"] for h in history["history"][1:]]
     say(f"  {name}: examples/s per epoch {[h['examples_per_sec'] for h in history['history']]}")
     return history, submitted, statistics.median(rates)
 
 
-def startup_phases(history: dict, submitted: float) -> dict[str, float]:
-    """Seconds of each start-up phase, from spark-submit to the end of the first step."""
-    timeline = history["timeline"]
-    marks = {"driver_process_start": timeline["driver_process_start"], "session_ready": timeline["session_ready"]}
-    for key in ("task_start", "tf_imported", "inputs_ready", "model_built", "first_step"):
-        marks[key] = max(w[key] for w in timeline["workers"].values())
-    out, previous = {}, submitted
-    for name, key in PHASES:
-        out[name] = marks[key] - previous
-        previous = marks[key]
-    out["total"] = marks["first_step"] - submitted
-    return out
-
-
 def input_pipeline_rate(examples: Path, hub: Path, share: list[str], per_worker_batch: int) -> float:
     """Examples/s of one worker's pipeline alone, with one thread, after a warm-up."""
-    from tasks import hub_module
-    from tasks import model as M
+    from tasks.training import hub_module
+    from tasks.training import model as M
 
     M.tf.config.threading.set_intra_op_parallelism_threads(1)
     M.tf.config.threading.set_inter_op_parallelism_threads(1)
@@ -188,8 +109,8 @@ def data_path(examples: Path, share: list[str]) -> dict[str, float]:
     Reads are ``tf.data.TFRecordDataset`` passes in graph mode (what training does), after one warm-up pass so
     both read from the page cache.
     """
-    from tasks import model as M
-    from tasks import storage
+    from tasks.training import model as M
+    from tasks.io import storage
     from tests.support.webhdfs_server import WebHdfsTestServer
 
     tf = M.tf
@@ -218,7 +139,7 @@ def data_path(examples: Path, share: list[str]) -> dict[str, float]:
 def main() -> int:
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        py_files = tasks_zip(Path(tmp))
+        py_files = prelude.tasks_zip(Path(tmp))
         hub, examples = make_inputs(BENCH_DIR, py_files)
         rates = {}
         for batch in BATCHES:
@@ -236,10 +157,10 @@ def main() -> int:
             if batch == BATCH:
                 two, submitted, two_rate, one_rate = two_b, submitted_b, two_rate_b, one_rate_b
 
-    from tasks import finetune as F
+    from tasks.training import preflight
 
-    manifest = json.loads((examples / "manifest.json").read_text())
-    share = F.assign_files(manifest["files"]["train"], 2)[0]
+    manifest = prelude.read_json(examples, run_folder.MANIFEST)
+    share = preflight.assign_files(manifest["files"]["train"], 2)[0]
     say("input pipeline alone (one worker's files and batch, one thread)")
     pipeline = input_pipeline_rate(examples, hub, share, BATCH // 2)
     consumption = two_rate / 2

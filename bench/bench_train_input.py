@@ -42,54 +42,29 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
+import prelude  # noqa: F401  (first: the repository on sys.path, the environment)
+from prelude import BATCH, DS, ROOT, say, spark_submit, startup_phases
+from tasks.core import run_folder
 
-import bench_train as BT  # noqa: E402  - its spark-submit, packaging and start-up timeline helpers
-
-NUM_IMAGES = int(os.environ.get("BENCH_INPUT_IMAGES", "1200"))
-EPOCHS = int(os.environ.get("BENCH_INPUT_EPOCHS", "3"))
+prelude.legacy_keras()
+NUM_IMAGES, EPOCHS = prelude.setting("BENCH_INPUT_IMAGES", 1200), prelude.setting("BENCH_INPUT_EPOCHS", 3)
 BENCH_DIR = Path(os.environ.get("BENCH_INPUT_DIR", ROOT / "var" / "bench" / "train_input"))
-DS = "2026-01-01"
-BATCH = 32
 WORKERS = 2
 SCALE = 4
 COPIES = int(os.environ.get("BENCH_INPUT_COPIES", "1"))
 """1x is the prepared images' shards this many times over. Before its first step a worker fills its shuffle buffer
-(2048 records, ``tasks.model.make_dataset``) or reads its whole share when smaller: with the defaults a worker's
+(2048 records, ``tasks.training.model.make_dataset``) or reads its whole share when smaller: with the defaults a worker's
 1x share (about 480 training records) is below that and its 4x share near it, so part of the growth is the buffer
 filling, a cost that stops growing past 2048 records; ``BENCH_INPUT_COPIES=5`` starts above it."""
 
 
-def say(msg: str) -> None:
-    print(f"[bench_train_input {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
 def make_inputs(work: Path, py_files: Path) -> tuple[Path, Path, Path]:
     """The hub module and the 1x and 4x prepared datasets (under ``<work>/hdfs/``), made once and reused."""
-    from tasks.demo import make_dataset, make_hub_module
-
-    hub = ROOT / "var" / "storage" / "hub" / "shapes_fv_32"
-    if not (hub / "saved_model.pb").exists():
-        hub = work / "hub" / "shapes_fv_32"
-        if not (hub / "saved_model.pb").exists():
-            say("building a hub module (demo architecture, short pre-training)")
-            make_hub_module.run(make_hub_module.Config(output=f"file://{hub}", pretext_images=600, epochs=1))
-    base = work / "hdfs" / f"base-{NUM_IMAGES}" / f"ds={DS}"
-    if not (base / "_SUCCESS").exists():
-        raw = work / f"raw-{NUM_IMAGES}"
-        shutil.rmtree(raw, ignore_errors=True)
-        say(f"generating {NUM_IMAGES} images of 160-320 px and preparing them with Spark")
-        make_dataset.run(make_dataset.Config(raw_root=f"file://{raw}", ds=DS, num_images=NUM_IMAGES, min_size=160,
-                                             max_size=320))
-        BT.spark_submit("prepare_examples.py", ["--raw", f"file://{raw}/ds={DS}", "--output", f"file://{base}",
-                                                "--min-shards", "4"], {}, py_files, work / "prepare.log")
+    hub = prelude.demo_hub_module(work)
+    base = prelude.prepared_examples(work, work / "hdfs" / f"base-{NUM_IMAGES}" / f"ds={DS}", DS, NUM_IMAGES,
+                                     py_files, min_size=160, max_size=320)
     one = replicate(base, work / "hdfs" / f"x1-{NUM_IMAGES}x{COPIES}" / f"ds={DS}", COPIES)
     many = replicate(base, work / "hdfs" / f"x{SCALE}-{NUM_IMAGES}x{COPIES}" / f"ds={DS}", COPIES * SCALE)
     return hub, one, many
@@ -100,7 +75,7 @@ def replicate(src: Path, dest: Path, times: int) -> Path:
     ``times`` over), made once; ``src`` itself for 1."""
     if times == 1:
         return src
-    if not (dest / "_SUCCESS").exists():
+    if not (dest / run_folder.SUCCESS).exists():
         shutil.rmtree(dest, ignore_errors=True)
         dest.mkdir(parents=True)
         manifest = manifest_of(src)
@@ -117,15 +92,15 @@ def replicate(src: Path, dest: Path, times: int) -> Path:
         manifest["files"] = files
         manifest["counts"] = {s: n * times for s, n in manifest["counts"].items()}
         for name in os.listdir(src):
-            if name not in originals and name not in ("manifest.json", "_SUCCESS"):
+            if name not in originals and name not in (run_folder.MANIFEST, run_folder.SUCCESS):
                 shutil.copyfile(src / name, dest / name)  # labels, statistics...
-        (dest / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        (dest / "_SUCCESS").write_bytes(b"")
+        (dest / run_folder.MANIFEST).write_text(json.dumps(manifest, indent=2))
+        (dest / run_folder.SUCCESS).write_bytes(b"")
     return dest
 
 
 def manifest_of(folder: Path) -> dict:
-    return json.loads((folder / "manifest.json").read_text())
+    return prelude.read_json(folder, run_folder.MANIFEST)
 
 
 def manifest_files(manifest: dict) -> set[str]:
@@ -141,12 +116,12 @@ def train(name: str, work: Path, hub: Path, url: str, mode: str, epochs: int, py
             str(BATCH), "--checkpoint-every-steps", "100000", "--max-restarts", "0", "--input-mode", mode]
     conf = {"spark.task.cpus": "1", "spark.executorEnv.TF_USE_LEGACY_KERAS": "1"}
     say(f"training: {name} (input {mode}, {WORKERS} workers x 1 core, {epochs} epochs)")
-    submitted = BT.spark_submit("finetune.py", args, conf, py_files, work / f"train-{name}.log")
-    history = json.loads((run_dir / "history.json").read_text())
+    submitted = spark_submit("finetune.py", args, conf, py_files, work / f"train-{name}.log")
+    history = prelude.read_json(run_dir, run_folder.HISTORY)
     modes = {w["mode"] for w in history["input"].values()}
     if modes != {mode}:
         raise SystemExit(f"bench_train_input: {name} asked for input mode {mode} but the workers ran {modes}")
-    phases = BT.startup_phases(history, submitted)
+    phases = startup_phases(history, submitted)
     # Each worker's own time getting its inputs ready (the slowest worker's), not a difference of two maxima.
     phases["inputs"] = max(w["inputs_ready"] - w["tf_imported"] for w in history["timeline"]["workers"].values())
     rates = [h["examples_per_sec"] for h in history["history"]]
@@ -160,7 +135,7 @@ def main() -> int:
 
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        py_files = BT.tasks_zip(Path(tmp))
+        py_files = prelude.tasks_zip(Path(tmp))
         hub, one, many = make_inputs(BENCH_DIR, py_files)
         mb = {size: sum(f["bytes"] for e in manifest_of(d)["files"].values() for f in e) / 2**20
               for size, d in (("x1", one), (f"x{SCALE}", many))}

@@ -130,7 +130,7 @@ def tfhub_batch_score():
                   "--labels-file": "{{ params.labels_file }}", "--id-column": "{{ params.id_column or '' }}",
                   "--label-column": "{{ params.label_column }}", "--image-column": "{{ params.image_column }}",
                   "--text-column": "{{ params.text_column }}"},
-        # Each Python worker keeps the model it loaded for the next tasks it runs (tasks/scoring.py).
+        # Each Python worker keeps the model it loaded for the next tasks it runs (tasks/serving/scoring.py).
         conf={"spark.python.worker.reuse": "true"},
         execution_timeout=dt.timedelta(hours=2),
     )

@@ -3,7 +3,7 @@
 Input: a raw partition (``--raw``, in any layout data prep reads, with the same readers and checks; labels are
 not needed, and kept in the output when given) or a split of a prepared dataset (``--examples`` and ``--split``).
 The model: the highest published version of ``--model-name`` under ``--serving-root``, or ``--version``. The task
-type is the model's (its ``provenance.json``). Scored on the executors by ``tasks.scoring``, the model loaded once
+type is the model's (its ``provenance.json``). Scored on the executors by ``tasks.serving.scoring``, the model loaded once
 per Python worker.
 
 Output ``<output>/`` (``predictions/<model>/ds=…/``), committed whole by renaming a staging folder into place,
@@ -36,8 +36,10 @@ import logging
 import time
 from collections import Counter
 
-from tasks import (image_check, layouts, modality, prep_stats, prepare_examples, run_folder, runtime, schema,
-                   scoring, storage)
+from tasks.core import run_folder, runtime, schema
+from tasks.io import commit, storage
+from tasks.prep import image_check, inputs, layouts, modality, outputs, prep_stats
+from tasks.serving import scoring
 
 log = logging.getLogger("score_partition")
 
@@ -64,7 +66,7 @@ class Config:
     partition: str = ""
     """Partition written in every row; empty: from the input folder's name ``ds=YYYY-MM-DD``."""
     layout: str = "manifest"
-    """Layout of ``raw`` (``tasks.layouts.LAYOUTS``)."""
+    """Layout of ``raw`` (``tasks.prep.layouts.LAYOUTS``)."""
     labels_file: str = "labels.csv"
     """The labels manifest of the manifest layout."""
     id_column: str = ""
@@ -189,8 +191,8 @@ def plan(cfg: Config, served: scoring.Served, parallelism: int) -> tuple[str, li
         if not storage.exists(storage.join(cfg.raw, schema.SUCCESS)):
             raise scoring.ScoringError(f"raw partition {cfg.raw} has no {schema.SUCCESS} marker: the producer has "
                                        "not finished")
-        raw = layouts.list_partition(cfg.layout, cfg.raw, cfg.labels_file, prepare_examples.id_column(cfg),
-                                     cfg.label_column, prepare_examples.input_column(cfg), kind.arrow_type,
+        raw = layouts.list_partition(cfg.layout, cfg.raw, cfg.labels_file, inputs.id_column(cfg),
+                                     cfg.label_column, inputs.input_column(cfg), kind.arrow_type,
                                      ids_optional=kind is modality.TEXT)
         if not raw.records:
             raise scoring.ScoringError(f"raw partition {cfg.raw} holds no records in the {cfg.layout} layout: check "
@@ -222,36 +224,33 @@ def run(cfg: Config, spark=None) -> dict:
              len(units), cfg.model_name, served.version, served.task_type, len(served.labels))
     kind = modality.of(served.task_type)
     quarantine = quarantine_url(cfg)
-    storage.clean_stale(cfg.output)
-    storage.clean_stale(quarantine)
-    staging, q_staging = storage.new_staging(cfg.output), storage.new_staging(quarantine)
+    commit.clean_stale(cfg.output)
+    commit.clean_stale(quarantine)
+    staging, q_staging = commit.new_staging(cfg.output), commit.new_staging(quarantine)
     try:
         bounds = (modality.TextBounds() if kind is modality.TEXT else image_check.Bounds())
         job = scoring.Job(source=source, model=scoring.ModelRef(served.url, scoring.SERVED, served.task_type,
                                                                 threads=cfg.threads),
                           labels=served.labels, batch_size=cfg.batch_size, output_staging=staging,
                           quarantine_staging=q_staging, bounds=bounds, webhdfs=storage.webhdfs_settings(),
-                          column=prepare_examples.input_column(cfg), model_name=cfg.model_name,
+                          column=inputs.input_column(cfg), model_name=cfg.model_name,
                           model_version=served.version, partition=partition)
         t1 = time.time()
         results = scoring.execute(spark, units, job)
         wall = max(time.time() - t1, 1e-9)
         scored = sum(s["records"] for s in results)
-        bad = prepare_examples.write_quarantine(q_staging, cfg, partition, results, total)
+        bad = outputs.write_quarantine(q_staging, cfg, partition, results, total)
         if scored + len(bad) != total:  # every record is scored or quarantined, exactly once
             raise RuntimeError(f"{source}: {total} records but {scored} scored and {len(bad)} quarantined")
-        storage.commit_staging(q_staging, quarantine)
-        prepare_examples.check_bad_fraction(cfg, bad, total, quarantine)
+        commit.publish_dir(q_staging, quarantine)
+        outputs.check_bad_fraction(cfg, bad, total, quarantine)
         stats = build_stats(cfg, served, partition, results, total, wall)
         manifest = {"partition": partition, "model_name": cfg.model_name, "model_version": served.version,
                     "model_url": served.url, "task_type": served.task_type, "labels": list(served.labels),
                     "source": source, "split": None if cfg.raw else cfg.split, "columns": list(scoring.PREDICTION_COLUMNS),
                     "files": [scoring.part_name(u.index) for u in units], "quarantine": quarantine,
                     "config": json.loads(runtime.config_json(cfg))}
-        storage.write_text_atomic(storage.join(staging, STATS), json.dumps(stats, indent=2, sort_keys=True))
-        storage.write_text_atomic(storage.join(staging, MANIFEST), json.dumps(manifest, indent=2, sort_keys=True))
-        storage.write_bytes_atomic(storage.join(staging, schema.SUCCESS), b"")
-        storage.commit_staging(staging, cfg.output)
+        commit.publish_with_success(staging, cfg.output, {STATS: stats, MANIFEST: manifest})
     except BaseException:
         storage.remove(staging)
         storage.remove(q_staging)

@@ -126,7 +126,7 @@ def test_operators_declare_no_job_default(operator, job):
 def test_the_run_folder_names_agree():
     from tfhub_spark import run_folder as airflow_side
 
-    from tasks import run_folder
+    from tasks.core import run_folder
 
     names = {k: v for k, v in vars(airflow_side).items() if k.isupper()}
     assert names and names == {k: getattr(run_folder, k) for k in names}
@@ -144,7 +144,7 @@ def test_no_run_folder_name_literal_outside_its_module():
 def test_both_sides_give_the_same_version_for_a_date():
     from tfhub_spark.partition import partition_version
 
-    from tasks.partition import version_of
+    from tasks.core.partition import version_of
 
     day = dt.date(1999, 12, 25)
     while day < dt.date(2031, 3, 1):
@@ -181,7 +181,7 @@ def test_every_job_option_has_help(job):
     missing = [a.option_strings[0] for a in parser._actions if a.option_strings and not (a.help or "").strip()]
     assert missing == []
     # and it is the Config's docstring, not a second copy
-    from tasks import runtime
+    from tasks.core import runtime
 
     docs = runtime.field_docs(job_module(job).Config)
     for action in parser._actions:
@@ -195,7 +195,7 @@ def test_help_on_the_command_line(job):
     res = subprocess.run([sys.executable, str(ROOT / "tasks" / f"{job}.py"), "--help"], capture_output=True,
                          text=True, timeout=120, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-2000:]
-    from tasks import runtime
+    from tasks.core import runtime
 
     docs = runtime.field_docs(job_module(job).Config)
     assert docs

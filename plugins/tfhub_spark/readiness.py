@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tfhub_spark.hooks.storage import StorageHook
+from tfhub_spark.run_folder import SUCCESS
 
 # Names that writers use for files still being written: HDFS `put` writes `<name>._COPYING_`; Hadoop and Spark
 # output committers write under `_temporary/`; many tools write hidden `.<name>.tmp` files or `*.tmp`.
@@ -20,7 +21,7 @@ class Readiness:
     bytes: int = 0
 
 
-def check_partition(hook: StorageHook, path: str, marker: str = "_SUCCESS", min_files: int = 0,
+def check_partition(hook: StorageHook, path: str, marker: str = SUCCESS, min_files: int = 0,
                     min_bytes: int = 0) -> Readiness:
     """Says whether the partition at ``path`` is complete, and if not, what is missing.
 

@@ -1,6 +1,6 @@
 """The names of the jobs' files that the Airflow side reads or links to.
 
-The jobs name them in ``tasks/run_folder.py``, which the Airflow side may not import (``plugins/`` and ``dags/``
+The jobs name them in ``tasks/core/run_folder.py``, which the Airflow side may not import (``plugins/`` and ``dags/``
 never import ``tasks``); this is the copy of the few it needs, and ``tests/test_one_source_of_truth.py`` fails when
 the two disagree.
 """

@@ -21,10 +21,12 @@ import io
 import logging
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 
-from tasks import storage
+from tasks.core import run_folder
+from tasks.io import storage
 from tasks.demo import shapes
 
 log = logging.getLogger(__name__)
@@ -50,16 +52,22 @@ class Config:
     """Class names drawn."""
 
 
-def parse_args(argv: list[str]) -> Config:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def partition_parser(description: str) -> argparse.ArgumentParser:
+    """The options of every demo partition generator: where (``--raw-root``), which date (``--ds``), which seed."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--raw-root", required=True)
     p.add_argument("--ds", required=True)
+    p.add_argument("--seed", type=int, default=None)
+    return p
+
+
+def parse_args(argv: list[str]) -> Config:
+    p = partition_parser(__doc__.splitlines()[0])
     p.add_argument("--num-images", type=int, default=Config.num_images)
     p.add_argument("--min-size", type=int, default=Config.min_size,
                    help="smallest image side in pixels (the real-size demo: 320)")
     p.add_argument("--max-size", type=int, default=Config.max_size,
                    help="largest image side in pixels (the real-size demo: 640)")
-    p.add_argument("--seed", type=int, default=None)
     a = p.parse_args(argv)
     if not 8 <= a.min_size <= a.max_size:
         p.error(f"need 8 <= --min-size <= --max-size, got {a.min_size} and {a.max_size}")
@@ -69,6 +77,17 @@ def parse_args(argv: list[str]) -> Config:
 
 def seed_for(ds: str) -> int:
     return int.from_bytes(hashlib.sha256(ds.encode()).digest()[:4], "big")
+
+
+def new_partition(raw_root: str, ds: str) -> tuple[str, Path]:
+    """The partition's URL and its folder, emptied. Like a producer's job, the folder then fills up file by file
+    and ``_SUCCESS`` is written last, so readers must wait for the marker rather than for the folder."""
+    part_url = storage.join(raw_root, f"ds={ds}")
+    part = storage.local_path(part_url)
+    if part.exists():
+        shutil.rmtree(part)
+    part.mkdir(parents=True)
+    return part_url, part
 
 
 def encode(img, fmt: str, rng: np.random.Generator) -> bytes:
@@ -85,13 +104,8 @@ def run(cfg: Config) -> str:
     if cfg.num_images < len(cfg.classes):
         raise ValueError(f"num_images={cfg.num_images} is fewer than the {len(cfg.classes)} classes")
     rng = np.random.default_rng(seed_for(cfg.ds) if cfg.seed is None else cfg.seed)
-    part_url = storage.join(cfg.raw_root, f"ds={cfg.ds}")
-    part = storage.local_path(part_url)
-    # Like a producer's job: the folder fills up file by file, and _SUCCESS is written last, so readers
-    # must wait for the marker rather than for the folder.
-    if part.exists():
-        shutil.rmtree(part)
-    (part / "images").mkdir(parents=True)
+    part_url, part = new_partition(cfg.raw_root, cfg.ds)
+    (part / "images").mkdir()
     rows = []
     for i in range(cfg.num_images):
         label = cfg.classes[i % len(cfg.classes)]
@@ -107,7 +121,7 @@ def run(cfg: Config) -> str:
         w.writerow(["path", "label"])
         for k in order:
             w.writerow(rows[k])
-    (part / "_SUCCESS").write_bytes(b"")
+    (part / run_folder.SUCCESS).write_bytes(b"")
     log.info("wrote %d images of %d classes to %s", cfg.num_images, len(cfg.classes), part_url)
     return part_url
 

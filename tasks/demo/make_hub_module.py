@@ -8,7 +8,7 @@ float32 RGB images in [0, 1] of a fixed size to feature vectors, and that expose
 It is pre-trained on ``shapes.PRETEXT_CLASSES`` (outlines, stripes, textures), disjoint from the classes the
 pipeline fine-tunes on, so fine-tuning transfers features rather than starting from random ones.
 
-The expected input size is recorded in ``assets.extra/module_info.json`` (see ``tasks.hub_module``).
+The expected input size is recorded in ``assets.extra/module_info.json`` (see ``tasks.training.hub_module``).
 
 Usage::
 
@@ -20,12 +20,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import sys
 import time
 
 import numpy as np
 
-from tasks import hub_module
+from tasks.core import runtime
+from tasks.training import hub_module
 from tasks.demo import shapes
 
 log = logging.getLogger(__name__)
@@ -125,8 +125,7 @@ def run(cfg: Config) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run(parse_args(sys.argv[1:] if argv is None else argv))
+    runtime.run_application(parse_args, run, argv, log)
 
 
 if __name__ == "__main__":

@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sys
 import time
 
 import numpy as np
 
-from tasks import hub_module, runtime
+from tasks.core import runtime
+from tasks.training import hub_module
 from tasks.demo import shapes
 
 log = logging.getLogger(__name__)
@@ -249,8 +249,7 @@ def run(cfg: Config) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run(parse_args(sys.argv[1:] if argv is None else argv))
+    runtime.run_application(parse_args, run, argv, log)
 
 
 if __name__ == "__main__":

@@ -14,18 +14,16 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import logging
-import shutil
 import sys
 
 import numpy as np
 
-from tasks import storage
+from tasks.core import run_folder
 from tasks.demo import text
-from tasks.demo.make_dataset import seed_for
+from tasks.demo.make_dataset import new_partition, partition_parser, seed_for
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +51,9 @@ class Config:
 
 
 def parse_args(argv: list[str]) -> Config:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--raw-root", required=True)
-    p.add_argument("--ds", required=True)
+    p = partition_parser(__doc__.splitlines()[0])
     p.add_argument("--num-docs", type=int, default=Config.num_docs)
     p.add_argument("--layout", choices=LAYOUTS, default=Config.layout)
-    p.add_argument("--seed", type=int, default=None)
     a = p.parse_args(argv)
     return Config(raw_root=a.raw_root, ds=a.ds, num_docs=a.num_docs, layout=a.layout, seed=a.seed)
 
@@ -106,15 +101,9 @@ def run(cfg: Config) -> str:
     if not 1 <= cfg.min_words <= cfg.max_words:
         raise ValueError(f"min_words={cfg.min_words}, max_words={cfg.max_words}: need 1 <= min_words <= max_words")
     rows = documents(cfg)
-    part_url = storage.join(cfg.raw_root, f"ds={cfg.ds}")
-    part = storage.local_path(part_url)
-    # Like a producer's job: the folder fills up file by file, and _SUCCESS is written last, so readers
-    # must wait for the marker rather than for the folder.
-    if part.exists():
-        shutil.rmtree(part)
-    part.mkdir(parents=True)
+    part_url, part = new_partition(cfg.raw_root, cfg.ds)
     {"csv": _write_csv, "parquet": _write_parquet, "folders": _write_folders}[cfg.layout](rows, part)
-    (part / "_SUCCESS").write_bytes(b"")
+    (part / run_folder.SUCCESS).write_bytes(b"")
     log.info("wrote %d texts of %d classes as %s to %s", cfg.num_docs, len(cfg.classes), cfg.layout, part_url)
     return part_url
 

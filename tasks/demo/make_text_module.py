@@ -23,7 +23,7 @@ predict each other, so sentences on one topic land near each other: that is what
 No label of any kind is used.
 
 What the module expects and how it was trained are recorded in ``assets.extra/module_info.json`` (see
-``tasks.hub_module``).
+``tasks.training.hub_module``).
 
 Usage::
 
@@ -36,12 +36,12 @@ import argparse
 import dataclasses
 import logging
 import math
-import sys
 import time
 
 import numpy as np
 
-from tasks import hub_module
+from tasks.core import runtime
+from tasks.training import hub_module
 from tasks.demo import text
 
 log = logging.getLogger(__name__)
@@ -311,8 +311,7 @@ def run(cfg: Config) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run(parse_args(sys.argv[1:] if argv is None else argv))
+    runtime.run_application(parse_args, run, argv, log)
 
 
 if __name__ == "__main__":

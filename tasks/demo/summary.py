@@ -6,8 +6,9 @@ import argparse
 import json
 import sys
 
-from tasks import run_folder, storage
-from tasks.partition import version_of
+from tasks.core import run_folder
+from tasks.io import storage
+from tasks.core.partition import version_of
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -132,7 +132,8 @@ def test_finetune_command_line_on_yarn(monkeypatch, tmp_path):
     ]
     c = confs(cmd)
     # A barrier stage needs all its tasks at once: fixed executors, every one registered before it starts. (The
-    # job itself sets no dynamic allocation, no worker reuse and the barrier timeouts: finetune.SESSION_CONF.)
+    # job itself sets no dynamic allocation, no worker reuse and the barrier timeouts:
+    # tasks.training.preflight.SESSION_CONF.)
     assert c["spark.dynamicAllocation.enabled"] == "false"
     assert int(c["spark.executor.instances"]) * int(c["spark.executor.cores"]) >= 2  # the DAG's num_workers
     assert c["spark.scheduler.minRegisteredResourcesRatio"] == "1.0"

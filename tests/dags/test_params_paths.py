@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks import storage
+from tasks.io import storage
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = ["shapes", "topics", "my.set-1_x", "v2.0", "_x", "...", "..", ".", ".hidden", "a/b", "a b", ""]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks import schema
+from tasks.core import schema
 from tasks.demo import make_dataset, shapes
 from tests.conftest import DEMO_DS as DS
 from tests.conftest import airflow_sh as sh

@@ -16,7 +16,7 @@ import textwrap
 
 import pytest
 
-from tasks import schema
+from tasks.core import schema
 from tasks import prepare_examples as P
 from tests.conftest import airflow_sh, setup_airflow_home
 from tests.support import partitions as parts

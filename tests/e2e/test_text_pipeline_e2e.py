@@ -19,7 +19,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from tasks import schema
+from tasks.core import schema
 from tasks.demo import text
 from tests.conftest import DEMO_DS as DS
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tasks.webhdfs import WebHdfsClient
+from tasks.io.webhdfs import WebHdfsClient
 from tests.conftest import ROOT, airflow_env, airflow_sh, make_partition
 from tests.support.minihadoop import MiniHadoop
 

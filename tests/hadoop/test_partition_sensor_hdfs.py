@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from tasks.webhdfs import WebHdfsClient
+from tasks.io.webhdfs import WebHdfsClient
 from tests.support.minihadoop import MiniHadoop
 
 CONN_ID = "webhdfs_tfhub"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tasks.webhdfs import WebHdfsClient
+from tasks.io.webhdfs import WebHdfsClient
 from tests.support.minihadoop import MiniHadoop
 from tests.support.spark_standalone import daemon_env
 

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tasks import webhdfs
-from tasks.webhdfs import WebHdfsClient
+from tasks.io import webhdfs
+from tasks.io.webhdfs import WebHdfsClient
 from tests.support.minihadoop import MiniHadoop
 from tests.tasks.test_webhdfs import (  # noqa: F401  (collected here, with the endpoint fixture below)
     Endpoint,

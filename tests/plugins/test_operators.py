@@ -53,7 +53,7 @@ def test_finetune_command_line_passes_only_what_the_run_sets(deployment, tmp_pat
                                conf={"spark.driver.memory": "4g"})
     cmd = command(op, tmp_path)
     confs = dict(c.split("=", 1) for c in cmd[cmd.index("--conf") + 1::2] if "=" in c and c.startswith("spark."))
-    # The barrier stage's Spark settings are the job's own (finetune.SESSION_CONF, SESSION_DEFAULTS).
+    # The barrier stage's Spark settings are the job's own (tasks.training.preflight.SESSION_CONF, SESSION_DEFAULTS).
     assert not {k for k in confs if "barrier" in k or k in ("spark.dynamicAllocation.enabled",
                                                              "spark.python.worker.reuse")}
     assert confs["spark.driver.memory"] == "4g"  # the operator's own conf wins over the deployment's
@@ -76,7 +76,8 @@ def test_finetune_barrier_sync_timeout_when_set(deployment, tmp_path):
 def test_tasks_zip_ships_the_package_reproducibly(tmp_path):
     a = build_tasks_zip(ROOT / "tasks", str(tmp_path))
     names = zipfile.ZipFile(a).namelist()
-    assert "tasks/__init__.py" in names and "tasks/finetune.py" in names and "tasks/demo/shapes.py" in names
+    assert "tasks/__init__.py" in names and "tasks/finetune.py" in names and "tasks/io/storage.py" in names
+    assert not [n for n in names if n.startswith("tasks/demo/")], "the demo inputs are not shipped to executors"
     assert not any("__pycache__" in n for n in names)
     first = Path(a).read_bytes()
     (tmp_path / "again").mkdir()

@@ -10,7 +10,7 @@ import time
 import pytest
 from airflow.sdk.exceptions import AirflowSensorTimeout, TaskDeferred
 
-from tasks.webhdfs import WebHdfsClient
+from tasks.io.webhdfs import WebHdfsClient
 from tests.support.webhdfs_server import WebHdfsTestServer
 from tfhub_spark.hooks.storage import StorageHook
 from tfhub_spark.readiness import check_partition

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from hdfs import HdfsError
 
-from tasks.webhdfs import WebHdfsClient
+from tasks.io.webhdfs import WebHdfsClient
 from tests.support.webhdfs_server import WebHdfsTestServer
 from tfhub_spark.hooks.storage import Entry, StorageHook
 from tfhub_spark.sensors.partition import PartitionReadySensor

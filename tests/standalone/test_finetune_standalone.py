@@ -23,7 +23,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tasks import schema, tfrecord
+from tasks.core import schema
+from tasks.prep import tfrecord
 from tests.conftest import PreparedDataset
 from tests.support.spark_standalone import SPARK_SUBMIT, SparkStandalone, daemon_env
 from tests.support.webhdfs_server import WebHdfsTestServer
@@ -51,7 +52,8 @@ BASE_CONF = {
     # As config/embedded sets them: the JIT's top tier costs short-lived JVMs more CPU than it saves them.
     "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1",
     "spark.executor.extraJavaOptions": "-XX:TieredStopAtLevel=1",
-    # What the job sets on a session it creates (finetune.SESSION_CONF, SESSION_DEFAULTS), given explicitly here.
+    # What the job sets on a session it creates (SESSION_CONF, SESSION_DEFAULTS of tasks.training.preflight), given
+    # explicitly here.
     "spark.executorEnv.TF_USE_LEGACY_KERAS": "1",
     "spark.dynamicAllocation.enabled": "false",
     "spark.barrier.sync.timeout": "900",
@@ -148,7 +150,7 @@ def app_args(root: str, examples: str, run_dir: str, extra: list[str] | None = N
 
 def accuracy_of(model_dir: Path, examples: Path) -> float:
     """Accuracy of a saved model on the test split."""
-    from tasks import model as M
+    from tasks.training import model as M
 
     manifest = json.loads((examples / schema.MANIFEST).read_text())
     files = [str(examples / f["name"]) for f in manifest["files"]["test"] if f["records"]]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks import storage
+from tasks.io import storage
 from tests.support.webhdfs_server import WebHdfsTestServer
 
 

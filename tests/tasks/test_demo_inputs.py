@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks import hub_module
+from tasks.training import hub_module
 from tasks.demo import shapes
 from tests.conftest import make_partition
 

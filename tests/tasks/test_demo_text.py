@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from tasks import hub_module
+from tasks.training import hub_module
 from tasks.demo import make_text_dataset, make_text_module, text
 
 LAYOUTS = make_text_dataset.LAYOUTS
@@ -219,7 +219,7 @@ def test_pretraining_transfers_to_the_target_classes(tmp_path):
 
 
 def test_finetune_refuses_a_hub_module_of_the_other_kind(small_text_module, small_hub_module):
-    from tasks import modality
+    from tasks.prep import modality
 
     text_url, image_url = f"file://{small_text_module}", f"file://{small_hub_module}"
     hub_module.check_kind(text_url, modality.TEXT.module_kind, modality.TEXT.task_type)

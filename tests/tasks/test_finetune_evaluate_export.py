@@ -20,6 +20,9 @@ from tasks import evaluate as E
 from tasks import export_model as X
 from tasks import finetune as F
 from tasks import prepare_examples as P
+from tasks.core import run_folder
+from tasks.serving import evaluation, export
+from tasks.training import preflight
 from tests.conftest import make_partition
 
 
@@ -51,7 +54,7 @@ def test_barrier_stage_trains_and_only_the_chief_writes(trained):
     files = saved["worker_files"]
     assert set(files["0"]).isdisjoint(files["1"]) and files["0"] and files["1"]
     manifest = json.loads((root / "examples/ds=2026-11-20/manifest.json").read_text())
-    assert saved["steps_per_epoch"] == F.steps_per_epoch(manifest["counts"]["train"], 8)
+    assert saved["steps_per_epoch"] == preflight.steps_per_epoch(manifest["counts"]["train"], 8)
     # Each epoch's validation pass scored every eval record once: no record repeated to even out the workers.
     assert manifest["counts"]["eval"] == 9
     assert [h["val_examples"] for h in saved["history"]] == [manifest["counts"]["eval"]] * 2, manifest["files"]["eval"]
@@ -91,13 +94,13 @@ def test_blessing_reasons():
     metrics = {"accuracy": 0.8, "loss": 0.5, "num_examples": 100,
                "per_class": {"a": {"recall": 0.9}, "b": {"recall": 0.6}}}
     cfg = E.Config(examples="", run_dir="", min_accuracy=0.75, min_class_recall=0.7, baseline_tolerance=0.02)
-    b = E.bless(metrics, cfg, {"version": 20261119, "accuracy": 0.81})
+    b = evaluation.bless(metrics, cfg, {"version": 20261119, "accuracy": 0.81})
     assert b["blessed"] is False
     assert "recall below min_class_recall 0.7000 for b (0.6000)" in b["reasons"]
     assert any("baseline version 20261119" in r and ">=" in r for r in b["reasons"])
     cfg.min_class_recall = 0
-    assert E.bless(metrics, cfg, {"version": 20261119, "accuracy": 0.81})["blessed"] is True
-    worse = E.bless(metrics, cfg, {"version": 20261119, "accuracy": 0.85})
+    assert evaluation.bless(metrics, cfg, {"version": 20261119, "accuracy": 0.81})["blessed"] is True
+    worse = evaluation.bless(metrics, cfg, {"version": 20261119, "accuracy": 0.85})
     assert worse["blessed"] is False
     assert worse["reasons"][-1] == ("accuracy 0.8000 < baseline version 20261119 accuracy 0.8500 - tolerance "
                                     "0.0200")
@@ -149,10 +152,10 @@ def test_saved_model_cli_lists_predict_and_classify_signatures(trained):
 def test_warmup_requests_parse_as_prediction_logs(trained):
     from tensorflow_serving.apis import prediction_log_pb2
 
-    from tasks import tfrecord
+    from tasks.prep import tfrecord
 
     version = trained[0] / "serving" / "shapes" / "20261120"
-    with open(version / X.WARMUP_FILE, "rb") as f:
+    with open(version / run_folder.WARMUP_FILE, "rb") as f:
         logs = [prediction_log_pb2.PredictionLog.FromString(r) for r in tfrecord.read_records(f)]
     kinds = [entry.WhichOneof("log_type") for entry in logs]
     assert 2 <= len(logs) <= 1000
@@ -223,7 +226,7 @@ def test_a_failed_check_after_publishing_restores_the_previous_version(trained, 
     def broken(version_dir, expected, timeout=300):
         raise RuntimeError("predictions disagree")
 
-    monkeypatch.setattr(X, "verify_in_fresh_process", broken)
+    monkeypatch.setattr(export, "verify_in_fresh_process", broken)
     with pytest.raises(RuntimeError, match="predictions disagree"):
         X.run(serving_cfg(root, examples, run_dir))
     assert {p.name: p.stat().st_ino for p in (folder / "20261120").iterdir()} == before
@@ -246,7 +249,7 @@ def test_second_evaluation_compares_with_the_published_baseline(trained):
 def test_classification_metrics_on_known_predictions():
     y = np.array([0, 0, 1, 1, 2])
     probs = np.array([[0.9, 0.1, 0], [0.2, 0.8, 0], [0.1, 0.9, 0], [0.6, 0.4, 0], [0, 0, 1.0]])
-    m = E.classification_metrics(y, probs, ["a", "b", "c"])
+    m = evaluation.classification_metrics(y, probs, ["a", "b", "c"])
     assert m["accuracy"] == pytest.approx(3 / 5)
     assert m["confusion_matrix"] == [[1, 1, 0], [1, 1, 0], [0, 0, 1]]
     assert m["per_class"]["a"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
@@ -257,27 +260,27 @@ def test_classification_metrics_on_known_predictions():
 
 def test_files_are_split_between_workers_by_record_count():
     files = [{"name": f"train-{i}", "records": n} for i, n in enumerate([50, 40, 30, 20, 10, 10])]
-    shares = F.assign_files(files, 2)
+    shares = preflight.assign_files(files, 2)
     assert set(shares[0]).isdisjoint(shares[1]) and len(shares[0]) + len(shares[1]) == 6
     counts = [sum(f["records"] for f in files if f["name"] in s) for s in shares]
     assert abs(counts[0] - counts[1]) <= 10
-    with pytest.raises(F.FinetuneError, match="3 workers but only 2 non-empty training files"):
-        F.assign_files([{"name": "a", "records": 5}, {"name": "b", "records": 5}, {"name": "c", "records": 0}], 3)
+    with pytest.raises(preflight.FinetuneError, match="3 workers but only 2 non-empty training files"):
+        preflight.assign_files([{"name": "a", "records": 5}, {"name": "b", "records": 5}, {"name": "c", "records": 0}], 3)
     # Largest first alone gives 70/50 here; moving and swapping files between workers evens it out.
     files = [{"name": f"train-{i}", "records": n} for i, n in enumerate([30, 30, 20, 20, 20])]
-    shares = F.assign_files(files, 2)
+    shares = preflight.assign_files(files, 2)
     assert sorted(sum(f["records"] for f in files if f["name"] in s) for s in shares) == [60, 60]
 
 
 def test_an_uneven_split_logs_how_often_each_worker_draws_its_records(caplog):
     # The issue's 85/15 example: two files cannot be split evenly between two workers.
     files = [{"name": "train-0", "records": 850}, {"name": "train-1", "records": 150}]
-    sampling = F.sampling_rates(files, F.assign_files(files, 2), 32)
-    draws = F.steps_per_epoch(1000, 32) * 16
+    sampling = preflight.sampling_rates(files, preflight.assign_files(files, 2), 32)
+    draws = preflight.steps_per_epoch(1000, 32) * 16
     assert sampling == {"records": [850, 150], "draws_per_epoch": draws,
                         "rates": [round(draws / 850, 4), round(draws / 150, 4)]}
     with caplog.at_level(logging.INFO, logger="finetune"):
-        F.log_sampling(sampling)
+        preflight.log_sampling(sampling)
     [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert "each worker draws 496 records per epoch" in warning
     assert "(worker 0: 850 records, 0.58, worker 1: 150 records, 3.31)" in warning
@@ -285,14 +288,14 @@ def test_an_uneven_split_logs_how_often_each_worker_draws_its_records(caplog):
     caplog.clear()
     files = [{"name": f"train-{i}", "records": n} for i, n in enumerate([300, 250, 250, 200])]
     with caplog.at_level(logging.INFO, logger="finetune"):
-        F.log_sampling(F.sampling_rates(files, F.assign_files(files, 2), 32))
+        preflight.log_sampling(preflight.sampling_rates(files, preflight.assign_files(files, 2), 32))
     assert [r.levelno for r in caplog.records] == [logging.INFO]
     assert "worker 0: 500 records, 0.99, worker 1: 500 records, 0.99" in caplog.text
 
 
 def test_steps_per_epoch_comes_from_the_global_count():
-    assert F.steps_per_epoch(420, 32) == 13
-    assert F.steps_per_epoch(5, 32) == 1
+    assert preflight.steps_per_epoch(420, 32) == 13
+    assert preflight.steps_per_epoch(5, 32) == 1
 
 
 def test_finetune_args_are_validated():
@@ -307,7 +310,8 @@ def test_finetune_args_are_validated():
 
 def resplit_training(examples: Path, count: int) -> list[int]:
     """Rewrites the training split of a prepared dataset as ``count`` files of about equal record counts."""
-    from tasks import schema, tfrecord
+    from tasks.core import schema
+    from tasks.prep import tfrecord
 
     manifest = json.loads((examples / schema.MANIFEST).read_text())
     records = []
@@ -336,7 +340,7 @@ def test_more_workers_than_slots_fails_before_launching(trained, spark, tmp_path
     cfg = F.Config(examples=f"file://{copy}", run_dir=f"file://{tmp_path}/runs/other", storage_root=f"file://{root}",
                    hub_module=json.loads((root / "runs/ds=2026-11-20/history.json").read_text())["hub_module"],
                    num_workers=3, batch_size=9, slots_wait_s=1)
-    with pytest.raises(F.FinetuneError, match=r"^num_workers=3 barrier tasks wanted but 2 task slots available "
+    with pytest.raises(preflight.FinetuneError, match=r"^num_workers=3 barrier tasks wanted but 2 task slots available "
                                               r"\(the settings allow at most 2; master local\[2\]"):
         F.run(cfg, spark)
     assert not (tmp_path / "runs").exists()  # refused before anything was written or launched
@@ -346,7 +350,7 @@ def test_evaluate_and_export_on_hdfs(trained, tmp_path, monkeypatch):
     """The same stages with examples, run folder and serving root on hdfs:// (the WebHDFS test server)."""
     import shutil
 
-    from tasks import storage
+    from tasks.io import storage
     from tests.support.webhdfs_server import WebHdfsTestServer
 
     root = trained[0]
@@ -378,7 +382,7 @@ def test_evaluate_and_export_on_hdfs(trained, tmp_path, monkeypatch):
         def broken(version_dir, expected, timeout=300):
             raise RuntimeError("predictions disagree")
 
-        monkeypatch.setattr(X, "verify_in_fresh_process", broken)
+        monkeypatch.setattr(export, "verify_in_fresh_process", broken)
         with pytest.raises(RuntimeError, match="predictions disagree"):
             X.run(cfg)
         assert (version / "saved_model.pb").read_bytes() == before

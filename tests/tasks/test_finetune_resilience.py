@@ -20,16 +20,17 @@ from pathlib import Path
 import pytest
 
 from tasks import finetune as F
-from tasks import hub_module, logrelay, storage
+from tasks.io import storage
+from tasks.training import checkpoints, driver, hub_module, logrelay, preflight, worker
 
 # -- pre-flight -------------------------------------------------------------------------------------------------
 
 
 def test_skewed_files_are_split_so_every_worker_gets_a_file():
     files = [{"name": "train-0", "records": 900}, {"name": "train-1", "records": 100}]
-    assert F.assign_files(files, 2) == [["train-0"], ["train-1"]]
-    with pytest.raises(F.FinetuneError, match="3 workers but only 2 non-empty training files"):
-        F.assign_files(files, 3)
+    assert preflight.assign_files(files, 2) == [["train-0"], ["train-1"]]
+    with pytest.raises(preflight.FinetuneError, match="3 workers but only 2 non-empty training files"):
+        preflight.assign_files(files, 3)
 
 
 def test_missing_training_files_are_named(tmp_path):
@@ -38,40 +39,40 @@ def test_missing_training_files_are_named(tmp_path):
                                                   "eval": [{"name": "eval-0", "records": 1, "bytes": 10},
                                                            {"name": "eval-1", "records": 0, "bytes": 0}]}}
     (tmp_path / "train-0").write_bytes(b"")
-    with pytest.raises(F.FinetuneError, match=r"2 files listed in manifest.json are missing \(first: "
+    with pytest.raises(preflight.FinetuneError, match=r"2 files listed in manifest.json are missing \(first: "
                                               r"\['train-1', 'eval-0'\]\)"):
-        F.check_training_data(f"file://{tmp_path}", manifest)
+        preflight.check_training_data(f"file://{tmp_path}", manifest)
     (tmp_path / "train-1").write_bytes(b"")
     (tmp_path / "eval-0").write_bytes(b"")
-    F.check_training_data(f"file://{tmp_path}", manifest)  # an empty file may be absent: eval-1
+    preflight.check_training_data(f"file://{tmp_path}", manifest)  # an empty file may be absent: eval-1
     del manifest["files"]["train"][1]["bytes"]  # the workers choose stream or prefetch by the sizes
-    with pytest.raises(F.FinetuneError, match=r"gives no size \(bytes\) for 1 files \(first: \['train-1'\]\)"):
-        F.check_training_data(f"file://{tmp_path}", manifest)
+    with pytest.raises(preflight.FinetuneError, match=r"gives no size \(bytes\) for 1 files \(first: \['train-1'\]\)"):
+        preflight.check_training_data(f"file://{tmp_path}", manifest)
 
 
 def test_spark_settings_that_break_a_barrier_stage_are_refused(caplog):
     good = {"spark.dynamicAllocation.enabled": "false", "spark.python.worker.reuse": "false",
             "spark.barrier.sync.timeout": "15min"}
     with caplog.at_level(logging.INFO, logger="finetune"):
-        F.check_spark_conf(good)
+        preflight.check_spark_conf(good)
     assert "barrier syncs time out after 900s" in caplog.text
-    with pytest.raises(F.FinetuneError, match="set spark.dynamicAllocation.enabled=false"):
-        F.check_spark_conf({**good, "spark.dynamicAllocation.enabled": "true"})
-    with pytest.raises(F.FinetuneError, match="set spark.python.worker.reuse=false"):
-        F.check_spark_conf({k: v for k, v in good.items() if k != "spark.python.worker.reuse"})
+    with pytest.raises(preflight.FinetuneError, match="set spark.dynamicAllocation.enabled=false"):
+        preflight.check_spark_conf({**good, "spark.dynamicAllocation.enabled": "true"})
+    with pytest.raises(preflight.FinetuneError, match="set spark.python.worker.reuse=false"):
+        preflight.check_spark_conf({k: v for k, v in good.items() if k != "spark.python.worker.reuse"})
     caplog.clear()
-    F.check_spark_conf({k: v for k, v in good.items() if k != "spark.barrier.sync.timeout"})
+    preflight.check_spark_conf({k: v for k, v in good.items() if k != "spark.barrier.sync.timeout"})
     assert "spark.barrier.sync.timeout is not set" in caplog.text
 
 
 def test_too_few_slots_fail_at_once_naming_wanted_and_available(spark):
-    assert F.task_slots(spark.sparkContext) == 2
+    assert preflight.task_slots(spark.sparkContext) == 2
     t0 = time.monotonic()
-    with pytest.raises(F.FinetuneError, match=r"num_workers=3 barrier tasks wanted but 2 task slots available "
+    with pytest.raises(preflight.FinetuneError, match=r"num_workers=3 barrier tasks wanted but 2 task slots available "
                                               r"\(the settings allow at most 2; master local\[2\]"):
-        F.wait_for_slots(spark.sparkContext, 3, wait_s=60)
+        preflight.wait_for_slots(spark.sparkContext, 3, wait_s=60)
     assert time.monotonic() - t0 < 5
-    assert F.wait_for_slots(spark.sparkContext, 2, wait_s=0) == 2
+    assert preflight.wait_for_slots(spark.sparkContext, 2, wait_s=0) == 2
 
 
 @pytest.mark.parametrize("master,conf,slots", [
@@ -82,7 +83,7 @@ def test_too_few_slots_fail_at_once_naming_wanted_and_available(spark):
     ("spark://m:7077", {}, None),  # executors may keep registering: wait for them
 ])
 def test_configured_slots(master, conf, slots):
-    assert F.configured_slots(master, conf) == slots
+    assert preflight.configured_slots(master, conf) == slots
 
 
 def test_new_options_are_validated():
@@ -99,9 +100,9 @@ def test_new_options_are_validated():
 def test_each_worker_sees_only_the_gpus_spark_gave_its_task():
     from pyspark.resource import ResourceInformation
 
-    assert F.gpu_visibility({"gpu": ResourceInformation("gpu", ["1"])}) == "1"
-    assert F.gpu_visibility({"gpu": ResourceInformation("gpu", ["0", "3"])}) == "0,3"
-    assert F.gpu_visibility({}) == ""  # no GPU for the task: none visible, CPU training
+    assert worker.gpu_visibility({"gpu": ResourceInformation("gpu", ["1"])}) == "1"
+    assert worker.gpu_visibility({"gpu": ResourceInformation("gpu", ["0", "3"])}) == "0,3"
+    assert worker.gpu_visibility({}) == ""  # no GPU for the task: none visible, CPU training
 
 
 def test_spark_failure_keeps_messages_and_python_traceback_not_jvm_frames():
@@ -114,7 +115,7 @@ def test_spark_failure_keeps_messages_and_python_traceback_not_jvm_frames():
 
     err = RuntimeError("py4j")
     err.java_exception = Java()
-    assert F.spark_failure(err) == (
+    assert driver.spark_failure(err) == (
         "org.apache.spark.SparkException: Job aborted due to stage failure: Could not recover from a failed barrier "
         "ResultStage.\norg.apache.spark.api.python.PythonException: Traceback (most recent call last):\n"
         "  File \"finetune.py\", line 3, in train\nValueError: bad")
@@ -306,7 +307,7 @@ def test_hub_url_is_published_to_the_shared_cache_of_an_hdfs_root(small_hub_modu
 
 def test_checkpoints_on_hdfs_are_copied_up_and_fetched_back_by_a_relaunched_worker(hdfs, tmp_path):
     run_dir = "hdfs://nn:8020/tfhub/runs/ds=2026-11-20"
-    chief = F.TrainingStore(run_dir, tmp_path / "attempt0-w0", rank=0)
+    chief = checkpoints.TrainingStore(run_dir, tmp_path / "attempt0-w0", rank=0)
     assert chief.remote and chief.pull() is None and chief.history() == []
     (chief.checkpoints / "chief").mkdir()
     (chief.checkpoints / "chief" / "checkpoint").write_text('model_checkpoint_path: "ckpt-3"\n')
@@ -322,7 +323,7 @@ def test_checkpoints_on_hdfs_are_copied_up_and_fetched_back_by_a_relaunched_work
     assert (hdfs_run / "tensorboard" / "train" / "events.out").read_bytes() == b"events"
 
     for rank in (0, 1):
-        again = F.TrainingStore(run_dir, tmp_path / f"attempt1-w{rank}", rank=rank)
+        again = checkpoints.TrainingStore(run_dir, tmp_path / f"attempt1-w{rank}", rank=rank)
         assert again.pull()["global_step"] == 12
         assert (again.checkpoints / "chief" / "checkpoint").read_text() == 'model_checkpoint_path: "ckpt-3"\n'
         assert (again.tensorboard / "train" / "events.out").exists() == (rank == 0)
@@ -334,14 +335,14 @@ class _ChiefDied(Exception):
 
 
 @pytest.mark.parametrize("scheme", ["hdfs", "file"])
-@pytest.mark.parametrize("dies_after", F.PUSH_STEPS)
+@pytest.mark.parametrize("dies_after", checkpoints.PUSH_STEPS)
 def test_a_chief_killed_at_any_step_of_a_push_resumes_from_the_last_committed_checkpoint(hdfs, tmp_path, scheme,
                                                                                          dies_after):
     """Real Keras checkpoints (BackupAndRestore, every 3 steps) pushed by the real store; the chief dies in its
     second push, after the step ``dies_after``. The driver then reports, and a relaunched stage's workers fetch and
     restore, the last committed checkpoint: the first one if the second was not committed yet, else the second,
     with the weights it was saved with."""
-    from tasks import model as M
+    from tasks.training import model as M
 
     tf = M.tf
     if scheme == "hdfs":
@@ -382,15 +383,15 @@ def test_a_chief_killed_at_any_step_of_a_push_resumes_from_the_last_committed_ch
             raise _ChiefDied(step)
 
     with pytest.raises(_ChiefDied):
-        fit(F.TrainingStore(run_dir, tmp_path / "a0-w0", rank=0, on_push_step=die), first)
-    committed = 2 if F.PUSH_STEPS.index(dies_after) >= F.PUSH_STEPS.index("committed") else 1
+        fit(checkpoints.TrainingStore(run_dir, tmp_path / "a0-w0", rank=0, on_push_step=die), first)
+    committed = 2 if checkpoints.PUSH_STEPS.index(dies_after) >= checkpoints.PUSH_STEPS.index("committed") else 1
     progress, weights = first[committed - 1]
     expected = {**progress, "version": committed}
-    assert F.read_progress(storage.join(run_dir, "checkpoints")) == expected  # what the driver announces
+    assert checkpoints.read_progress(storage.join(run_dir, "checkpoints")) == expected  # what the driver announces
 
     # The relaunched stage: every worker fetches the committed checkpoint; the chief restores it and resumes there.
     for rank in (1, 0):
-        store = F.TrainingStore(run_dir, tmp_path / f"a1-w{rank}", rank=rank)
+        store = checkpoints.TrainingStore(run_dir, tmp_path / f"a1-w{rank}", rank=rank)
         assert store.pull() == expected
     again = []
     restored, resumed_from = fit(store, again)
@@ -408,7 +409,7 @@ def test_a_chief_killed_at_any_step_of_a_push_resumes_from_the_last_committed_ch
 
 @pytest.mark.parametrize("fine_tune,scale,module_moves", [(False, 1.0, False), (True, 0.0, False), (True, 1.0, True)])
 def test_module_is_trained_only_with_fine_tune_and_at_its_own_rate(small_hub_module, fine_tune, scale, module_moves):
-    from tasks import model as M
+    from tasks.training import model as M
 
     tf = M.tf
     tf.keras.utils.set_random_seed(0)
@@ -430,7 +431,7 @@ def test_module_is_trained_only_with_fine_tune_and_at_its_own_rate(small_hub_mod
 def test_validation_shares_fill_the_same_steps_without_scoring_a_record_twice():
     """17 records shared by 2 workers (9 and 8) in batches of 4: 3 steps per pass for both, the smaller share's
     last batch empty, and each pass, epoch after epoch, holds every record once."""
-    from tasks import model as M
+    from tasks.training import model as M
 
     records = M.tf.data.Dataset.range(17)
     batches = [[b.numpy().tolist() for b in M.padded_passes(records.shard(2, rank).batch(4), 3).take(6)]
@@ -442,7 +443,7 @@ def test_validation_shares_fill_the_same_steps_without_scoring_a_record_twice():
 
 
 def test_epoch_metrics_are_tensorboard_scalar_events(tmp_path):
-    from tasks import model as M
+    from tasks.training import model as M
 
     tf = M.tf
     cb = M.EpochSummaries(str(tmp_path))
@@ -478,7 +479,7 @@ def test_a_failing_worker_traceback_is_in_the_driver_log_and_the_stage_is_relaun
     (examples / bad).write_bytes(b"this is not a TFRecord file" * 10)
     cfg = F.Config(examples=f"file://{examples}", run_dir=f"file://{tmp_path}/run", storage_root=f"file://{tmp_path}",
                    hub_module=str(small_hub_module), num_workers=2, epochs=1, batch_size=8, max_restarts=1)
-    with caplog.at_level(logging.INFO), pytest.raises(F.BarrierStageFailed, match=r"failed 2 times \(max_restarts=1\)"):
+    with caplog.at_level(logging.INFO), pytest.raises(driver.BarrierStageFailed, match=r"failed 2 times \(max_restarts=1\)"):
         F.run(cfg, spark)
     text = caplog.text
     assert "restart 1 of 1: relaunching the barrier stage from the start (no checkpoint yet)" in text

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tasks import finetune as F
-from tasks import hub_module
+from tasks.training import hub_module
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFile
 
-from tasks import image_check, prep_tasks
+from tasks.prep import image_check, prep_tasks
 from tests.conftest import make_partition
 from tests.support import partitions as parts
 

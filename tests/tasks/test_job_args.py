@@ -14,7 +14,7 @@ import pytest
 from tasks import evaluate as E
 from tasks import export_model as X
 from tasks import prepare_examples as P
-from tasks import tfrecord
+from tasks.prep import tfrecord
 
 ROOT = Path(__file__).resolve().parents[2]
 STORE = "file:///srv/tfhub"
@@ -70,7 +70,7 @@ def test_jobs_fail_at_start_without_the_crc32c_extension(tmp_path):
     res = without_crc32c_extension(textwrap.dedent(f"""
         import google_crc32c
         assert google_crc32c.implementation == "python"
-        from tasks import tfrecord
+        from tasks.prep import tfrecord
         try:
             tfrecord.frame(b"x")  # what a Spark executor does first
         except tfrecord.SlowCrc32cError:
@@ -86,7 +86,7 @@ def test_jobs_fail_at_start_without_the_crc32c_extension(tmp_path):
 
 def test_the_slow_crc32c_path_can_be_allowed():
     res = without_crc32c_extension(textwrap.dedent("""
-        from tasks import tfrecord
+        from tasks.prep import tfrecord
         tfrecord.require_fast_crc32c()
         print(tfrecord.frame(b"abc").hex())
     """), TFHUB_ALLOW_SLOW_CRC32C="1")

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks import schema, storage
+from tasks.core import schema
+from tasks.io import storage
 from tasks import prepare_examples as P
 from tests.conftest import make_partition
 from tests.support.webhdfs_server import WebHdfsTestServer

@@ -16,7 +16,9 @@ import time
 
 import pytest
 
-from tasks import image_check, prep_tasks, schema, storage
+from tasks.core import schema
+from tasks.io import commit, storage
+from tasks.prep import image_check, prep_tasks
 from tasks import prepare_examples as P
 from tests.conftest import make_partition
 from tests.support import partitions as parts
@@ -147,8 +149,8 @@ def test_retried_and_speculative_shard_attempts_leave_one_whole_file(tmp_path, s
     records = tuple(prep_tasks.Planned(rel, label, 0, rel, (raw / rel).stat().st_size)
                     for rel, label in sorted(parts.read_rows(raw)[1:]))
     task = prep_tasks.ShardTask(0, "train", "train-00000-of-00001.tfrecord", records)
-    staging = storage.new_staging(storage.join(root, "out"))
-    q_staging = storage.new_staging(storage.join(root, "q"))
+    staging = commit.new_staging(storage.join(root, "out"))
+    q_staging = commit.new_staging(storage.join(root, "q"))
     ctx = prep_tasks.Context(f"file://{raw}", staging, q_staging, image_check.Bounds(), storage.webhdfs_settings())
     first = prep_tasks.write_files_shard(task, ctx)
     data = storage.read_bytes(storage.join(staging, task.name))
@@ -156,8 +158,8 @@ def test_retried_and_speculative_shard_attempts_leave_one_whole_file(tmp_path, s
     assert (first["records"], first["bytes"]) == (second["records"], second["bytes"]) == (6, len(data))
     assert storage.read_bytes(storage.join(staging, task.name)) == data
     # An attempt killed mid-write leaves a hidden temporary file; committing drops it.
-    storage.write_bytes_atomic(storage.join(staging, f".{task.name}.tmp-0123"), data[:100])
-    storage.commit_staging(staging, storage.join(root, "out"))
+    commit.write_bytes_atomic(storage.join(staging, f".{task.name}.tmp-0123"), data[:100])
+    commit.publish_dir(staging, storage.join(root, "out"))
     assert storage.list_names(storage.join(root, "out")) == [task.name]
     assert storage.list_names(root) == [q_staging.rpartition("/")[2], "out"]
 

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from tasks import prep_stats
+from tasks.prep import prep_stats
 from tasks import prepare_examples as P
 from tests.conftest import make_partition
 

@@ -12,9 +12,10 @@ import json
 
 import pytest
 
-from tasks import layouts, schema
+from tasks.core import schema
+from tasks.prep import layouts
 from tasks import prepare_examples as P
-from tasks.layouts import PrepError
+from tasks.prep.layouts import PrepError
 from tests.support import partitions as parts
 
 DB = "prep_table_test"

@@ -9,7 +9,8 @@ import json
 
 import pytest
 
-from tasks import layouts, modality, schema
+from tasks.core import schema
+from tasks.prep import layouts, modality
 from tasks import prepare_examples as P
 from tests.support import partitions as parts
 

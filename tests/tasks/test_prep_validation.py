@@ -12,8 +12,10 @@ from collections import Counter
 
 import pytest
 
-from tasks import image_check, prep_stats, schema, vocabulary
+from tasks.core import schema
+from tasks.prep import image_check, prep_stats, vocabulary
 from tasks import prepare_examples as P
+from tasks.prep import plan
 from tests.conftest import make_partition
 from tests.support import partitions as parts
 from tests.tasks.test_image_check import IMAGE_REASONS
@@ -210,7 +212,7 @@ def test_splits_depend_on_the_record_alone_and_shards_on_the_target_size(spark, 
     for s in schema.SPLITS:
         split_bytes = sum(p.stat().st_size for p in (day1 / "images").iterdir()
                           if schema.split_of(f"images/{p.name}", cfg.split_fractions) == s)
-        assert len(m1["files"][s]) == P.num_shards(split_bytes, cfg)
+        assert len(m1["files"][s]) == plan.num_shards(split_bytes, cfg)
         assert sum(f["records"] for f in m1["files"][s]) == m1["counts"][s]
     assert len(m1["files"]["train"]) > 2
 
@@ -239,7 +241,7 @@ def test_splits_depend_on_the_record_alone_and_shards_on_the_target_size(spark, 
 
 def test_num_shards_is_a_multiple_of_min_shards():
     cfg = P.Config(raw="", output="", min_shards=4, target_shard_bytes=100)
-    assert [P.num_shards(n, cfg) for n in (0, 100, 401, 900)] == [4, 4, 8, 12]
+    assert [plan.num_shards(n, cfg) for n in (0, 100, 401, 900)] == [4, 4, 8, 12]
 
 
 def test_check_image_bounds():

@@ -7,8 +7,10 @@ import json
 
 import pytest
 
-from tasks import layouts, schema
+from tasks.core import schema
+from tasks.prep import layouts
 from tasks import prepare_examples as P
+from tasks.prep import inputs
 from tests.conftest import make_partition
 
 
@@ -152,16 +154,16 @@ def test_the_partition_option_is_the_source_of_truth_of_the_derived_locations():
     folders are called; without it, the folder names ``ds=YYYY-MM-DD`` still say it (direct spark-submit)."""
     base = ["--raw", "file:///s/raw/incoming", "--output", "file:///s/examples/staged"]
     cfg = P.parse_args([*base, "--partition", "2026-11-20"])
-    assert cfg.partition == "2026-11-20" and P.partition_name(cfg) == "ds=2026-11-20"
-    assert P.quarantine_url(cfg) == "file:///s/quarantine/ds=2026-11-20"
-    assert P.previous_stats_url(cfg) == (f"file:///s/examples/ds=2026-11-19/{P.STATS}", "ds=2026-11-19")
+    assert cfg.partition == "2026-11-20" and inputs.partition_name(cfg) == "ds=2026-11-20"
+    assert inputs.quarantine_url(cfg) == "file:///s/quarantine/ds=2026-11-20"
+    assert inputs.previous_stats_url(cfg) == (f"file:///s/examples/ds=2026-11-19/{P.STATS}", "ds=2026-11-19")
     table = P.parse_args([*base, "--partition", "2026-03-01", "--layout", "table", "--table", "db.t",
                           "--partition-column", "ds"])
-    assert P.table_input(table, P.partition_name(table)).partition_value == "2026-03-01"
-    assert "2026-03-01" in P.input_name(table)
+    assert inputs.table_input(table, inputs.partition_name(table)).partition_value == "2026-03-01"
+    assert "2026-03-01" in inputs.input_name(table)
     old = P.parse_args(["--raw", "file:///s/raw/ds=2026-11-20", "--output", "file:///s/examples/ds=2026-11-20"])
-    assert P.partition_name(old) == "ds=2026-11-20" and P.quarantine_url(old) == "file:///s/quarantine/ds=2026-11-20"
-    assert P.previous_stats_url(old)[1] == "ds=2026-11-19"
+    assert inputs.partition_name(old) == "ds=2026-11-20" and inputs.quarantine_url(old) == "file:///s/quarantine/ds=2026-11-20"
+    assert inputs.previous_stats_url(old)[1] == "ds=2026-11-19"
     for bad in ("20261120", "2026-02-30", "ds=2026-11-20"):
         with pytest.raises(SystemExit):
             P.parse_args([*base, "--partition", bad])

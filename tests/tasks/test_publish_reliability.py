@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from tasks import export_model as X
-from tasks import schema, storage, tfrecord
+from tasks.core import run_folder, schema
+from tasks.io import commit, storage
+from tasks.prep import tfrecord
 
 LABELS = ["circle", "square"]
 PARTITION = "ds=2026-11-20"
@@ -26,7 +28,7 @@ PARTITION = "ds=2026-11-20"
 def run_store(small_hub_module, tmp_path_factory):
     """A storage root with ``examples/ds=2026-11-20`` (3 test records) and ``runs/ds=2026-11-20`` (model and
     history) that ``export_model`` can publish from."""
-    from tasks import model as M
+    from tasks.training import model as M
 
     tf = M.tf
     root = tmp_path_factory.mktemp("publish")
@@ -72,7 +74,7 @@ def test_a_single_warmup_record_verifies(run_store, published):
 
     version = run_store / "serving" / "shapes" / "20261120"
     assert published == f"file://{version}"
-    with open(version / X.WARMUP_FILE, "rb") as f:
+    with open(version / run_folder.WARMUP_FILE, "rb") as f:
         logs = [prediction_log_pb2.PredictionLog.FromString(r) for r in tfrecord.read_records(f)]
     assert [e.WhichOneof("log_type") for e in logs] == ["predict_log", "predict_log", "classify_log"]
     assert json.loads((run_store / "runs" / PARTITION / "published.json").read_text())["verified"] is True
@@ -86,14 +88,14 @@ def test_a_damaged_published_version_fails_the_real_check_and_the_previous_one_c
     folder = run_store / "serving" / "shapes"
     before = tree_bytes(folder / "20261120")
     published_before = (run_store / "runs" / PARTITION / "published.json").read_bytes()
-    real_publish = storage.publish_dir
+    real_publish = commit.publish_dir
 
     def publish_damaged(local_dir, url, keep_previous=False):
         data = next((local_dir / "variables").glob("variables.data-*"))
         data.write_bytes(bytes(b ^ 0xFF for b in data.read_bytes()))
         return real_publish(local_dir, url, keep_previous=keep_previous)
 
-    monkeypatch.setattr(X.storage, "publish_dir", publish_damaged)
+    monkeypatch.setattr(commit, "publish_dir", publish_damaged)
     with pytest.raises(RuntimeError, match="failed its check in a fresh process") as failure:
         X.run(export_cfg(run_store, warmup_records=1))
     # The fresh process failed on what was injected: TensorFlow refuses the damaged variables.
@@ -104,7 +106,7 @@ def test_a_damaged_published_version_fails_the_real_check_and_the_previous_one_c
 
 
 def staged(root_url: str, content: str) -> Path:
-    staging = storage.output_staging(storage.join(root_url, "20261120"))
+    staging = commit.output_staging(storage.join(root_url, "20261120"))
     (staging / "variables").mkdir()
     (staging / "variables" / "data").write_text(content)
     (staging / "saved_model.pb").write_text(content)
@@ -112,7 +114,7 @@ def staged(root_url: str, content: str) -> Path:
 
 
 def watch_renames(monkeypatch, target: Path) -> list[bool]:
-    """After each ``os.rename`` that ``tasks.storage`` makes: whether ``target`` exists (what a poller would see)."""
+    """After each ``os.rename`` that ``tasks.io.storage`` makes: whether ``target`` exists (what a poller would see)."""
     seen, real = [], os.rename
 
     def rename(src, dst):
@@ -125,10 +127,10 @@ def watch_renames(monkeypatch, target: Path) -> list[bool]:
 
 def test_file_publish_exchanges_and_says_so(tmp_path, monkeypatch, caplog):
     url = f"file://{tmp_path}/serving/shapes/20261120"
-    storage.publish_dir(staged(f"file://{tmp_path}/serving/shapes", "one"), url)
+    commit.publish_dir(staged(f"file://{tmp_path}/serving/shapes", "one"), url)
     seen = watch_renames(monkeypatch, tmp_path / "serving" / "shapes" / "20261120")
     with caplog.at_level(logging.INFO, logger="storage"):
-        previous = storage.publish_dir(staged(f"file://{tmp_path}/serving/shapes", "two"), url, keep_previous=True)
+        previous = commit.publish_dir(staged(f"file://{tmp_path}/serving/shapes", "two"), url, keep_previous=True)
     assert seen == []  # one renameat2 exchange, no rename: the version was never absent
     assert any("exchanged with its previous copy in one renameat2(RENAME_EXCHANGE)" in r.getMessage()
                for r in caplog.records), caplog.text
@@ -140,20 +142,20 @@ def test_file_publish_falls_back_visibly_where_the_file_system_cannot_exchange(t
     def cannot_exchange(a, b):
         raise OSError(errno.EINVAL, f"renameat2({a}, {b}, RENAME_EXCHANGE): Invalid argument")
 
-    monkeypatch.setattr(storage, "exchange", cannot_exchange)  # a file system without RENAME_EXCHANGE
+    monkeypatch.setattr(commit, "exchange", cannot_exchange)  # a file system without RENAME_EXCHANGE
     folder = tmp_path / "serving" / "shapes"
     url = f"file://{folder}/20261120"
-    storage.publish_dir(staged(f"file://{folder}", "one"), url)
+    commit.publish_dir(staged(f"file://{folder}", "one"), url)
     seen = watch_renames(monkeypatch, folder / "20261120")
     with caplog.at_level(logging.INFO, logger="storage"):
-        previous = storage.publish_dir(staged(f"file://{folder}", "two"), url, keep_previous=True)
+        previous = commit.publish_dir(staged(f"file://{folder}", "two"), url, keep_previous=True)
     # The window the log admits to: absent after the first rename, back after the second.
     assert seen == [False, True]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("replaced by the fallback, not an exchange (" in w and "Invalid argument" in w and
                "the path was absent for" in w for w in warnings), caplog.text
     assert (folder / "20261120" / "saved_model.pb").read_text() == "two"
-    storage.roll_back_url(url, previous)
+    commit.roll_back(url, previous)
     assert (folder / "20261120" / "saved_model.pb").read_text() == "one"
     assert sorted(p.name for p in folder.iterdir()) == ["20261120"]
 
@@ -161,10 +163,10 @@ def test_file_publish_falls_back_visibly_where_the_file_system_cannot_exchange(t
 def test_hdfs_publish_writes_everything_before_the_two_renames_and_states_the_window(hdfs, tmp_path, caplog):
     base = "hdfs://namenode:8020/serving/shapes"
     url = f"{base}/20261120"
-    storage.publish_dir(staged(base, "one"), url)
+    commit.publish_dir(staged(base, "one"), url)
     hdfs.clear_log()
     with caplog.at_level(logging.INFO, logger="storage"):
-        storage.publish_dir(staged(base, "two"), url)
+        commit.publish_dir(staged(base, "two"), url)
     calls = [(op, path) for _, op, path in hdfs.calls()]
     renames = [i for i, (op, _) in enumerate(calls) if op == "RENAME"]
     # Every file of the new copy is written (under its hidden name) before the old one is moved aside; the new

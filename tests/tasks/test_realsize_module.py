@@ -14,7 +14,8 @@ import shutil
 import numpy as np
 import pytest
 
-from tasks import hub_module, runtime
+from tasks.core import runtime
+from tasks.training import hub_module
 
 
 @pytest.fixture(scope="module")
@@ -70,11 +71,12 @@ def test_the_module_has_the_tf_hub_feature_vector_interface(realsize_module, tmp
 
 @pytest.mark.nightly
 def test_the_project_model_code_fine_tunes_it(realsize_module, tmp_path):
-    """A few fine-tuning steps through ``tasks.model`` on four generated images of 240 px (decoded and resized to 224
+    """A few fine-tuning steps through ``tasks.training.model`` on four generated images of 240 px (decoded and resized to 224
     by the project's input pipeline): the module's weights move and the training loss goes down."""
     import io
 
-    from tasks import modality, schema, tfrecord
+    from tasks.core import schema
+    from tasks.prep import modality, tfrecord
     from tasks.demo import shapes
 
     out, _ = realsize_module
@@ -88,7 +90,7 @@ def test_the_project_model_code_fine_tunes_it(realsize_module, tmp_path):
     with open(path, "wb") as f:
         tfrecord.write_records(f, records)
 
-    from tasks import model as M
+    from tasks.training import model as M
 
     tf = M.tf
     tf.keras.utils.set_random_seed(0)

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from tasks import schema, storage
+from tasks.core import schema
+from tasks.io import commit, storage
 
 
 def test_split_is_a_stable_function_of_the_record_id():
@@ -42,9 +43,9 @@ def test_local_path_rejects_what_it_cannot_serve():
 def test_commit_dir_replaces_existing_output_whole(tmp_path):
     url = f"file://{tmp_path}/out"
     for content in ("first", "second"):
-        staging = storage.staging_dir(url)
+        staging = commit.output_staging(url)
         (staging / "data").write_text(content)
-        storage.commit_dir(staging, url)
+        commit.publish_dir(staging, url)
     assert (tmp_path / "out" / "data").read_text() == "second"
     assert not (tmp_path / "out" / "out").exists()  # a rename onto a folder must not nest
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
@@ -52,7 +53,7 @@ def test_commit_dir_replaces_existing_output_whole(tmp_path):
 
 def test_clean_stale_removes_leftovers_of_killed_attempts(tmp_path):
     url = f"file://{tmp_path}/out"
-    storage.staging_dir(url)
+    commit.output_staging(url)
     (tmp_path / "keep").mkdir()
-    storage.clean_stale(url)
+    commit.clean_stale(url)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep"]

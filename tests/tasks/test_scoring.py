@@ -18,7 +18,7 @@ import pytest
 
 from tasks import evaluate as E
 from tasks import score_partition as S
-from tasks import scoring
+from tasks.serving import evaluation, scoring
 from tests.conftest import make_partition
 
 DS = "2026-11-20"
@@ -30,12 +30,12 @@ def publish(keras_model, version_dir: Path, labels, task_type: str, image_size, 
     """What ``export_model`` publishes (its serving module, labels asset, provenance), without its run folder."""
     import tensorflow as tf
 
-    from tasks import export_model as X
+    from tasks.serving import export
 
     assets = version_dir.parent / f".assets-{version_dir.name}"
     assets.mkdir(parents=True)
     (assets / "labels.txt").write_text("".join(f"{name}\n" for name in labels))
-    module = X.build_serving_module(keras_model, str(assets / "labels.txt"), image_size, task_type)
+    module = export.build_serving_module(keras_model, str(assets / "labels.txt"), image_size, task_type)
     tf.saved_model.save(module, str(version_dir), signatures={"serving_default": module.serve,
                                                               "classify": module.classify})
     (version_dir / "assets.extra").mkdir(exist_ok=True)
@@ -45,7 +45,7 @@ def publish(keras_model, version_dir: Path, labels, task_type: str, image_size, 
 
 
 def image_model(hub_module: Path, seed: int = 1):
-    from tasks import model as M
+    from tasks.training import model as M
 
     M.tf.keras.utils.set_random_seed(seed)
     return M.build_model(str(hub_module), M.ModelConfig(num_classes=len(LABELS), image_size=(32, 32)))
@@ -146,7 +146,7 @@ def test_evaluation_on_the_executors_gives_the_in_process_metrics(prepared_demo_
     """The candidate's metrics and the baseline's accuracy, scored on Spark, equal one process's."""
     import tensorflow as tf
 
-    from tasks import model as M
+    from tasks.training import model as M
 
     manifest = json.loads((prepared_demo_dataset.examples / "manifest.json").read_text())
     labels = manifest["labels"]
@@ -163,8 +163,8 @@ def test_evaluation_on_the_executors_gives_the_in_process_metrics(prepared_demo_
     metrics = json.loads((run / "metrics.json").read_text())
 
     files = [str(examples / f["name"]) for f in manifest["files"]["test"] if f["records"]]
-    y, probs = E.predict_split(M.load_trained(str(run / "model")), files, (32, 32), 64)
-    expected = E.classification_metrics(y, probs, labels)
+    y, probs = evaluation.predict_split(M.load_trained(str(run / "model")), files, (32, 32), 64)
+    expected = evaluation.classification_metrics(y, probs, labels)
     assert metrics["num_examples"] == expected["num_examples"] == manifest["counts"]["test"]
     assert metrics["confusion_matrix"] == expected["confusion_matrix"]
     for key in ("accuracy", "loss", "top_2_accuracy", "top_3_accuracy"):

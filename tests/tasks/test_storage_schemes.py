@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks import storage
+from tasks.io import commit, storage
 from tests.support.webhdfs_server import WebHdfsTestServer
 
 
@@ -23,8 +23,8 @@ def root(request, tmp_path, monkeypatch):
 def test_files_round_trip_and_replace_atomically(root):
     url = storage.join(root, "a", "metrics.json")
     assert not storage.exists(url)
-    storage.write_text_atomic(url, '{"x": 1}')
-    storage.write_text_atomic(url, '{"x": 2}')
+    commit.write_text_atomic(url, '{"x": 1}')
+    commit.write_text_atomic(url, '{"x": 2}')
     assert storage.read_text(url) == '{"x": 2}'
     assert storage.list_names(storage.join(root, "a")) == ["metrics.json"]
 
@@ -32,13 +32,13 @@ def test_files_round_trip_and_replace_atomically(root):
 def test_publish_dir_replaces_a_folder_and_can_roll_back(root, tmp_path):
     url = storage.join(root, "out")
     for content in ("one", "two"):
-        staging = storage.output_staging(url)
+        staging = commit.output_staging(url)
         (staging / "sub").mkdir()
         (staging / "sub" / "data.txt").write_text(content)
-        previous = storage.publish_dir(staging, url, keep_previous=True)
+        previous = commit.publish_dir(staging, url, keep_previous=True)
         assert storage.read_text(storage.join(url, "sub", "data.txt")) == content
     assert previous is not None
-    storage.roll_back_url(url, previous)
+    commit.roll_back(url, previous)
     assert storage.read_text(storage.join(url, "sub", "data.txt")) == "one"
     assert storage.list_names(root) == ["out"]
     local = storage.fetch(url, tmp_path / "scratch")
@@ -49,7 +49,7 @@ def test_clean_stale_removes_leftovers(root):
     url = storage.join(root, "out")
     storage.makedirs(storage.join(root, ".out.staging-dead"))
     storage.makedirs(url)
-    storage.clean_stale(url)
+    commit.clean_stale(url)
     assert storage.list_names(root) == ["out"]
 
 
@@ -61,7 +61,7 @@ def test_unknown_scheme_is_named():
 def test_walk_lists_files_recursively_without_hidden_ones(root):
     for rel, data in (("a.txt", b"1"), ("sub/b 1%.bin", b"22"), ("sub/deeper/c", b"333"), ("_SUCCESS", b""),
                       (".staging-x/d", b"4"), ("sub/.hidden", b"5")):
-        storage.write_bytes_atomic(storage.join(root, "p", rel), data)
+        commit.write_bytes_atomic(storage.join(root, "p", rel), data)
     assert storage.walk(storage.join(root, "p")) == [("a.txt", 1), ("sub/b 1%.bin", 2), ("sub/deeper/c", 3)]
     assert ("_SUCCESS", 0) in storage.walk(storage.join(root, "p"), include_hidden=True)
     # Names are taken literally: "%" is not an escape.
@@ -72,8 +72,8 @@ def test_walk_lists_files_recursively_without_hidden_ones(root):
 
 def test_create_new_is_a_compare_and_set(root):
     url = storage.join(root, "v", "v000001.json")
-    assert storage.create_new(url, b"first") is True
-    assert storage.create_new(url, b"second") is False
+    assert commit.create_new(url, b"first") is True
+    assert commit.create_new(url, b"second") is False
     assert storage.read_bytes(url) == b"first"
     assert storage.list_names(storage.join(root, "v")) == ["v000001.json"]
 
@@ -81,11 +81,11 @@ def test_create_new_is_a_compare_and_set(root):
 def test_staging_written_elsewhere_is_committed_whole(root):
     url = storage.join(root, "out")
     for content in (b"old", b"new"):
-        staging = storage.new_staging(url)
-        with storage.atomic_writer(storage.join(staging, "data.bin")) as f:
+        staging = commit.new_staging(url)
+        with commit.atomic_writer(storage.join(staging, "data.bin")) as f:
             f.write(content)
-        storage.write_bytes_atomic(storage.join(staging, ".data.bin.tmp-dead"), b"left by a killed attempt")
-        storage.commit_staging(staging, url)
+        commit.write_bytes_atomic(storage.join(staging, ".data.bin.tmp-dead"), b"left by a killed attempt")
+        commit.publish_dir(staging, url)
     assert storage.list_names(url) == ["data.bin"] and storage.read_bytes(storage.join(url, "data.bin")) == b"new"
     assert storage.list_names(root) == ["out"]
 
@@ -94,7 +94,7 @@ def test_atomic_writer_leaves_nothing_when_the_writer_fails(root):
     url = storage.join(root, "d", "x.bin")
     storage.makedirs(storage.join(root, "d"))
     with pytest.raises(ValueError, match="boom"):
-        with storage.atomic_writer(url) as f:
+        with commit.atomic_writer(url) as f:
             f.write(b"partial")
             raise ValueError("boom")
     assert storage.list_names(storage.join(root, "d")) == []
@@ -102,7 +102,7 @@ def test_atomic_writer_leaves_nothing_when_the_writer_fails(root):
 
 def test_open_child_reads_byte_ranges(root, tmp_path):
     data = bytes(range(256)) * 4096  # 1 MiB, more than one read-ahead buffer
-    storage.write_bytes_atomic(storage.join(root, "f", "big.bin"), data)
+    commit.write_bytes_atomic(storage.join(root, "f", "big.bin"), data)
     with storage.open_child(storage.join(root, "f"), "big.bin") as f:
         f.seek(-10, 2)
         assert f.read() == data[-10:]

@@ -1,4 +1,4 @@
-"""Training input streamed from hdfs:// (``tasks.streamed_input``), on the WebHDFS test server: the records arrive
+"""Training input streamed from hdfs:// (``tasks.training.streamed_input``), on the WebHDFS test server: the records arrive
 as written, in order, through bounded read-ahead and no local disk; failed ranges are read again, and a file that
 keeps failing fails with its name; the worker log names the mode and why; and a real training in stream mode."""
 
@@ -13,8 +13,8 @@ import time
 import pytest
 
 from tasks import finetune as F
-from tasks import streamed_input as S
-from tasks import tfrecord
+from tasks.training import streamed_input as S
+from tasks.prep import tfrecord
 
 DATA = "hdfs://namenode:8020/data"
 
@@ -89,14 +89,14 @@ def test_a_range_that_fails_for_a_while_is_read_again(hdfs, caplog):
     # A datanode failure the WebHDFS client itself does not retry (403 IOException), three times in a row.
     hdfs.inject_faults(3, exception="IOException", message="DataNode is shutting down", op="OPEN", node="datanode")
     stream = S.ShardStream(f"{DATA}/train-00000.tfrecord", chunk_bytes=4096, retries=3, backoff_s=0.01)
-    with caplog.at_level(logging.WARNING, logger="tasks.streamed_input"):
+    with caplog.at_level(logging.WARNING, logger="tasks.training.streamed_input"):
         assert list(stream) == shards["train-00000.tfrecord"]
     assert stream.retried == 3
     assert "retry 3 of 3" in caplog.text and "DataNode is shutting down" in caplog.text
 
 
 def test_a_file_that_keeps_failing_fails_the_worker_input_with_the_file_named(hdfs, monkeypatch):
-    from tasks import model as M
+    from tasks.training import model as M
 
     write_shards(hdfs.root, [[500] * 20, [500] * 20])
     url = f"{DATA}/train-00001.tfrecord"
@@ -133,7 +133,7 @@ def test_the_mode_is_chosen_by_size_logged_with_why_and_streaming_leaves_local_d
     names = sorted(shards)
     sizes = {n: (hdfs.root / "data" / n).stat().st_size for n in names}  # about 0.4 MB each
     scratch = tmp_path / "scratch"
-    with caplog.at_level(logging.INFO, logger="tasks.streamed_input"):
+    with caplog.at_level(logging.INFO, logger="tasks.training.streamed_input"):
         plan = S.plan_inputs(DATA, names[:2], names[2:], sizes, scratch, "auto", 0.5, rank=1)
     assert plan.mode == "stream" and plan.train == [f"{DATA}/{n}" for n in names[:2]]
     assert "worker 1: input mode stream (input_mode=auto: this worker's share, 0.9 MB, is over " \
@@ -145,7 +145,7 @@ def test_the_mode_is_chosen_by_size_logged_with_why_and_streaming_leaves_local_d
         disk.append(sum(f.stat().st_size for f in scratch.rglob("*") if f.is_file()) if scratch.exists() else 0)
     assert len(seen) == 400 and max(disk) == 0
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="tasks.streamed_input"):
+    with caplog.at_level(logging.INFO, logger="tasks.training.streamed_input"):
         small = S.plan_inputs(DATA, names[:2], names[2:], sizes, scratch, "auto", 1.0, rank=0)
         forced = S.plan_inputs(DATA, names[:1], [], sizes, tmp_path / "s2", "stream", 1000, rank=0)
     assert small.mode == "prefetch" and forced.mode == "stream"
@@ -162,7 +162,7 @@ def _text_records(n: int) -> list[bytes]:
 
 
 def test_stream_and_prefetch_give_the_same_records(hdfs, tmp_path):
-    from tasks import schema
+    from tasks.core import schema
 
     assert schema.LABEL == "label"
     (hdfs.root / "data").mkdir()

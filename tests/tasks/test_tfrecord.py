@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from tasks import tfrecord
+from tasks.prep import tfrecord
 
 
 @pytest.fixture(scope="module")

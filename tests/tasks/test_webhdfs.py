@@ -1,4 +1,4 @@
-"""The WebHDFS client of the job code (tasks/webhdfs.py), over HTTP against the WebHDFS test server.
+"""The WebHDFS client of the job code (tasks/io/webhdfs.py), over HTTP against the WebHDFS test server.
 
 The contract tests at the top run against the test server here, and against a real NameNode (the session's local
 Hadoop, or ``WEBHDFS_URL``) in ``tests/hadoop/test_webhdfs_contract.py``, which imports them. The tests below them
@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tasks import webhdfs
-from tasks.webhdfs import WebHdfsClient, WebHdfsError, hdfs_path
+from tasks.io import webhdfs
+from tasks.io.webhdfs import WebHdfsClient, WebHdfsError, hdfs_path
 from tests.support.webhdfs_server import WebHdfsTestServer
 
 STATUS_FIELDS = {"pathSuffix", "type", "length", "modificationTime", "permission", "owner", "group", "replication",

@@ -176,7 +176,7 @@ class StorageHook(BaseHook):
 
     def write_text_atomic(self, url: str, text: str) -> None:
         """Replaces the file at ``url`` by writing a hidden sibling and renaming it over the target, as the jobs
-        commit their files (``tasks/storage.py``): a reader sees the old content or the new, never a part.
+        commit their files (``tasks/io/storage.py``): a reader sees the old content or the new, never a part.
 
         :param url: the file's storage URL; its folder must exist.
         :param text: the new content (UTF-8).

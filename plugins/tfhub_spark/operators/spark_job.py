@@ -30,11 +30,15 @@ PIPELINE_VARIABLE = "tfhub_pipeline"
 
 DEFAULT_TASKS_DIR = Path(__file__).resolve().parents[3] / "tasks"
 
+EXCLUDED_FROM_ZIP = ("demo",)
+"""Folders of ``tasks/`` that no spark-submit application imports, left out of the archive."""
+
 
 def build_tasks_zip(tasks_dir: Path, dest_dir: str) -> str:
     """Zips the ``tasks`` package for ``--py-files`` so drivers and executors import the same code.
 
-    Entries are sorted and carry a fixed timestamp, so the same sources give the same archive.
+    The demo inputs (``tasks/demo/``: generated data sets and hub modules, run by hand or by ``make``) stay out:
+    no application imports them. Entries are sorted and carry a fixed timestamp, so the same sources give the same archive.
 
     :param tasks_dir: the ``tasks`` package folder.
     :param dest_dir: where to write ``tasks.zip``.
@@ -45,7 +49,7 @@ def build_tasks_zip(tasks_dir: Path, dest_dir: str) -> str:
     out = os.path.join(dest_dir, "tasks.zip")
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
         for path in sorted(tasks_dir.rglob("*.py")):
-            if "__pycache__" in path.parts:
+            if "__pycache__" in path.parts or path.relative_to(tasks_dir).parts[0] in EXCLUDED_FROM_ZIP:
                 continue
             info = zipfile.ZipInfo(str(Path("tasks") / path.relative_to(tasks_dir)), date_time=(2020, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
@@ -55,6 +59,9 @@ def build_tasks_zip(tasks_dir: Path, dest_dir: str) -> str:
 
 _SPARK_UI = re.compile(r"Bound SparkUI to .*, and started at (https?://\S+)")
 _YARN_APP = re.compile(r"(application_\d+_\d+)")
+# A standalone Master's application id, as the driver logs it when it registers (before the job may lower the log
+# level; the jobs name their session themselves, so the Master's application name does not carry the attempt).
+_STANDALONE_APP = re.compile(r"Connected to Spark cluster with app ID (app-\d+-\d+)")
 
 
 class ProcessTreeSparkSubmitHook(SparkSubmitHook):
@@ -136,7 +143,7 @@ class PipelineSparkSubmitOperator(SparkSubmitOperator):
       new attempt neither submits nor takes the run over from it. When the old application has ended, a new one
       is submitted as below;
     * then it writes the attempt token ``<run_dir>/_attempts/<task_id>.json``: from then on the jobs
-      (``tasks/fencing.py``) refuse to commit anything to the run folder for another attempt, so an application
+      (``tasks/io/fencing.py``) refuse to commit anything to the run folder for another attempt, so an application
       that survived out of reach (another host, a partitioned network) fails at its next commit instead of
       writing over the new attempt's output.
 
@@ -197,7 +204,7 @@ class PipelineSparkSubmitOperator(SparkSubmitOperator):
             setattr(self, self.SUBMIT_OPTIONS[key], value)
         self._hook = None  # built from the attributes above
 
-    #: The jobs' settings derived from the WebHDFS connection (see ``tasks/webhdfs.py``).
+    #: The jobs' settings derived from the WebHDFS connection (see ``tasks/io/webhdfs.py``).
     WEBHDFS_ENV = ("TFHUB_WEBHDFS_URL", "TFHUB_WEBHDFS_USER")
 
     def webhdfs_env(self, pipeline: dict[str, Any]) -> dict[str, str]:
@@ -277,6 +284,8 @@ class PipelineSparkSubmitOperator(SparkSubmitOperator):
     fence_grace_seconds = 10.0
     #: seconds to wait for a killed YARN application to reach a final state.
     fence_yarn_timeout_s = 120.0
+    #: seconds to wait for the Spark standalone Master to end an older attempt's application.
+    fence_standalone_timeout_s = 120.0
     attempt: fencing.Attempt | None = None
     _submission: dict[str, Any] | None = None
 
@@ -356,6 +365,10 @@ class PipelineSparkSubmitOperator(SparkSubmitOperator):
         if record and (recorded := fencing.recorded_process(record)) is not None \
                 and recorded.pid not in {p.pid for p in procs}:
             procs.append(recorded)
+        # The attempts these processes belong to: their application on a standalone Master is waited for below.
+        other_ids = {a.id for a in (fencing.attempt_of(p)[0] for p in procs) if a is not None}
+        if previous is not None:
+            other_ids.add(previous.id)
         if procs:
             who = previous.label() if previous else "an older attempt"
             self.log.warning("%s left %d processes running (%s); stopping them before this attempt starts",
@@ -370,6 +383,7 @@ class PipelineSparkSubmitOperator(SparkSubmitOperator):
                              record.get("host"), record.get("submit_pid"), socket.getfqdn())
         if record and (app_id := record.get("yarn_application_id")):
             self._fence_yarn_application(app_id, previous)
+        self._fence_standalone_application(previous, other_ids, (record or {}).get("standalone_app_id"))
         if previous is not None and not procs:
             self.log.info("older attempt %s: nothing of it runs on this host", previous.label())
 
@@ -399,6 +413,36 @@ class PipelineSparkSubmitOperator(SparkSubmitOperator):
         raise RuntimeError(f"{self.task_id}: YARN application {app_id} of {who} still {status} "
                            f"{self.fence_yarn_timeout_s:.0f}s after it was killed; not starting a second one")
 
+    def _fence_standalone_application(self, previous: fencing.Attempt | None, other_ids: set[str],
+                                      app_id: str | None) -> None:
+        """On a Spark standalone Master: waits until the Master runs no application of an older attempt (its
+        ``activeapps``: the application id the older attempt recorded, or the attempt in an application's name).
+        Stopping the driver above ends it: the Master then has its Workers kill the executors, on every host. An
+        executor the Master started on this host while the driver was being stopped is stopped afterwards."""
+        hook = self._hook or self._get_hook()
+        master = str(hook._connection.get("master") or "")
+        if not master.startswith("spark://"):
+            return
+        webui = fencing.standalone_webui_url(master, hook.get_connection(hook._conn_id).extra_dejson)
+        try:
+            apps, waited = fencing.wait_standalone_apps_gone(webui, self.attempt, other_ids,
+                                                             self.fence_standalone_timeout_s,
+                                                             app_ids={app_id} if app_id else set())
+        except OSError as e:
+            self.log.warning("cannot ask the Spark Master's web UI %s whether an older attempt's application still "
+                             "runs (%s): set %s in connection %r; the attempt token refuses its commits", webui, e,
+                             fencing.STANDALONE_WEBUI_EXTRA, self._conn_id)
+            return
+        if not apps:
+            self.log.info("the Spark Master (%s) runs no application of an older attempt", webui)
+            return
+        self.log.warning("fenced on the Spark Master: application %s gone from %s/json/ activeapps after %.1fs",
+                         ", ".join(f"{a.get('id')} ({a.get('name')})" for a in apps), webui, waited)
+        if left := fencing.other_attempts_processes(self.attempt, self.token_url):
+            stopped, killed = fencing.stop_processes(left, self.fence_grace_seconds)
+            self.log.warning("fenced processes the Master started for an older attempt meanwhile: stopped %s (%d "
+                             "needed SIGKILL)", stopped, len(killed))
+
     def claim_run(self, context) -> None:
         """Fences an older attempt, then makes this attempt the owner of the run folder (the attempt token) and
         records it in the task state store; called right before this attempt submits its own application."""
@@ -407,7 +451,7 @@ class PipelineSparkSubmitOperator(SparkSubmitOperator):
             fencing.write_token(self._storage_hook(), self.token_url, self.attempt)
             self.log.info("attempt token %s now names %s", self.token_url, self.attempt.label())
         self._record(attempt=json.loads(self.attempt.to_json()), token=self.token_url, host=socket.getfqdn(),
-                     submit_pid=None, submit_started=None, yarn_application_id=None)
+                     submit_pid=None, submit_started=None, yarn_application_id=None, standalone_app_id=None)
 
     def reattaches(self) -> bool:
         """Whether this mode goes through the provider's ``ResumableJobMixin`` (which reconnects to a running
@@ -429,6 +473,9 @@ class PipelineSparkSubmitOperator(SparkSubmitOperator):
         if (m := _YARN_APP.search(line)) and (self._submission or {}).get("yarn_application_id") != m.group(1) \
                 and self.attempt is not None:
             self._record(yarn_application_id=m.group(1))
+        if (m := _STANDALONE_APP.search(line)) and self.attempt is not None \
+                and (self._submission or {}).get("standalone_app_id") != m.group(1):
+            self._record(standalone_app_id=m.group(1))
         if m := _SPARK_UI.search(line):
             url = m.group(1)
         elif (m := _YARN_APP.search(line)) and not getattr(self, "spark_app_url", "") and self._hook is not None:
@@ -470,7 +517,7 @@ class TfHubFinetuneOperator(PipelineSparkSubmitOperator):
     timeout. The job's options are typed arguments; one left at None is not passed, so the job's own default
     (``finetune.Config``) applies: this operator declares no default of its own. The Spark settings a barrier stage
     needs (no dynamic allocation, no Python worker reuse, a bounded barrier sync, a quick slot check) are set by
-    the job when it creates its session, however it is launched (``finetune.SESSION_CONF``).
+    the job when it creates its session, however it is launched (``tasks.training.preflight.SESSION_CONF``).
 
     :param examples: storage URL of the prepared dataset (templated).
     :param run_dir: storage URL of the run folder (templated).

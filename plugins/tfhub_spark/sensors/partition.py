@@ -12,6 +12,7 @@ from airflow.sdk.bases.sensor import BaseSensorOperator
 
 from tfhub_spark.hooks.storage import StorageHook
 from tfhub_spark.readiness import check_partition
+from tfhub_spark.run_folder import SUCCESS
 
 
 class PartitionReadySensor(BaseSensorOperator):
@@ -36,7 +37,7 @@ class PartitionReadySensor(BaseSensorOperator):
     template_fields: Sequence[str] = ("path", "no_wait_reason")
     ui_color = "#e8f4fd"
 
-    def __init__(self, *, path: str, marker: str = "_SUCCESS", min_files: int = 0, min_bytes: int = 0,
+    def __init__(self, *, path: str, marker: str = SUCCESS, min_files: int = 0, min_bytes: int = 0,
                  webhdfs_conn_id: str = "webhdfs_default", deferrable: bool = False, no_wait_reason: str = "",
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)

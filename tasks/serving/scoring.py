@@ -4,16 +4,16 @@ Shared by batch scoring (``tasks.score_partition``) and evaluation (``tasks.eval
 
 * **which model**: a published version in TF Serving layout (``served``: its ``serving_default`` signature takes
   inputs as stored, encoded image bytes or texts) or a run's Keras model (``keras``: ``runs/ds=…/model``, fed
-  through ``tasks.model.preprocess_batch``, as training and evaluation feed it);
+  through ``tasks.training.model.preprocess_batch``, as training and evaluation feed it);
 * **loading it once per Python worker**: ``load_scorer`` keeps a module-level cache keyed by the model's URL, so
   with ``spark.python.worker.reuse`` (Spark's default, set explicitly by the operators) every task a worker runs
   after the first scores with the model already in memory; each work unit reports whether it paid the load;
 * **which records**: work units (``Unit``) of a raw partition in any input layout, listed on the driver by
-  ``tasks.layouts`` and read and checked on the executors by ``tasks.prep_tasks`` (the same readers and checks as
+  ``tasks.prep.layouts`` and read and checked on the executors by ``tasks.prep.prep_tasks`` (the same readers and checks as
   data prep), or the TFRecord shards of a prepared split;
 * **the Spark job** (``execute``): one RDD partition per unit, ``mapPartitions`` on the executors, where each unit
   reads its records where they are, scores the good ones ``batch_size`` at a time, writes its predictions as one
-  Parquet part file and its bad records as one quarantine piece into staging folders (``tasks.storage``, so
+  Parquet part file and its bad records as one quarantine piece into staging folders (``tasks.io.storage``, so
   ``file://`` and ``hdfs://``), and returns a small summary (counts, and for evaluation the probabilities).
 
 Records that fail the checks, and images the model's own decoder refuses (``model_rejected``), are bad: they are
@@ -37,7 +37,9 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from tasks import image_check, layouts, modality, prep_tasks, run_folder, runtime, schema, storage, tfrecord
+from tasks.core import run_folder, runtime, schema
+from tasks.io import commit, storage
+from tasks.prep import image_check, layouts, modality, prep_tasks, tfrecord
 
 log = logging.getLogger("scoring")
 
@@ -193,7 +195,7 @@ class Scorer:
                                    f"another task type than {ref.task_type}")
             self._fn = lambda batch: serve(**{kind.serving_input: batch})["probabilities"]
         elif ref.kind == KERAS:
-            from tasks import model as M
+            from tasks.training import model as M
 
             model = M.load_trained(local_dir)
             self._fn = lambda batch: model(M.preprocess_batch(batch, ref.image_size, ref.task_type), training=False)
@@ -395,11 +397,11 @@ def score_unit(unit: Unit, job: Job) -> dict:
     if job.output_staging:
         import pyarrow.parquet as pq
 
-        with storage.atomic_writer(storage.join(job.output_staging, part_name(unit.index))) as f:
+        with commit.atomic_writer(storage.join(job.output_staging, part_name(unit.index))) as f:
             pq.write_table(_predictions_table(job, ids, labels, p), f)
     if bad and job.quarantine_staging:
         name = prep_tasks.quarantine_piece(unit.index)
-        with storage.atomic_writer(storage.join(job.quarantine_staging, name)) as f:
+        with commit.atomic_writer(storage.join(job.quarantine_staging, name)) as f:
             for b in bad:
                 f.write(tfrecord.frame(tfrecord.encode_example({
                     schema.RECORD_ID: b[1], schema.LABEL_TEXT: b[2], prep_tasks.QUARANTINE_REASON: b[3],

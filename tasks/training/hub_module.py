@@ -28,7 +28,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from tasks import storage
+from tasks.io import commit, storage
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +52,14 @@ def save_module(module, info: dict, output: str, check=None) -> None:
     """
     import tensorflow as tf
 
-    staging = storage.staging_dir(output)
+    staging = commit.output_staging(output)
     try:
         tf.saved_model.save(module, str(staging))
         (staging / INFO_PATH).parent.mkdir(parents=True, exist_ok=True)
         (staging / INFO_PATH).write_text(json.dumps(info, indent=2))
         if check is not None:
             check(staging)
-        storage.commit_dir(staging, output)
+        commit.publish_dir(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -148,7 +148,7 @@ def locate(hub_module: str, storage_root: str) -> str:
     downloaded = resolve(handle)
     copy = Path(tempfile.mkdtemp(prefix="hub-module-"))
     shutil.copytree(downloaded, copy, dirs_exist_ok=True)
-    storage.publish_dir(copy, shared)
+    commit.publish_dir(copy, shared)
     log.info("hub module %s downloaded to %s and published to the shared cache at %s", handle, downloaded, shared)
     return shared
 

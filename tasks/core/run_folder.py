@@ -57,3 +57,5 @@ PREDICTIONS_MANIFEST = "_manifest.json"
 # -- a published version (serving/<model>/<version>/) ---------------------------------------------------------------
 PROVENANCE = "assets.extra/provenance.json"
 LABELS_ASSET = "assets/labels.txt"
+WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
+"""TF Serving's warm-up requests (``PredictionLog`` records), read when it loads the version."""

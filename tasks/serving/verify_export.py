@@ -7,7 +7,7 @@ disagreed, otherwise.
 
 Usage::
 
-    python -m tasks.verify_export --model-dir /serving/shapes/20261120 --expected /runs/ds=.../export_check.json
+    python -m tasks.serving.verify_export --model-dir /serving/shapes/20261120 --expected /runs/ds=.../export_check.json
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ import sys
 
 import numpy as np
 
-from tasks import tfrecord
-
-WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
+from tasks.core import run_folder
+from tasks.prep import tfrecord
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     expected = json.loads(open(a.expected).read())
     want = np.array(expected["expected"])
     model = tf.saved_model.load(a.model_dir)
-    with open(f"{a.model_dir}/{WARMUP_FILE}", "rb") as f:
+    with open(f"{a.model_dir}/{run_folder.WARMUP_FILE}", "rb") as f:
         logs = [prediction_log_pb2.PredictionLog.FromString(r) for r in tfrecord.read_records(f)]
     if not logs:
         print("verify_export: no warm-up requests", file=sys.stderr)

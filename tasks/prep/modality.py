@@ -9,7 +9,7 @@ A task type (``image_classification``, ``text_classification``) decides:
 * the input of the served model's ``serving_default`` signature (``serving_input``);
 * which hub module kind it fine-tunes (``module_kind``, from the module's ``module_info.json``).
 
-The TensorFlow side (decoding, the model's input layer, augmentation) is in ``tasks.model``, keyed by the same
+The TensorFlow side (decoding, the model's input layer, augmentation) is in ``tasks.training.model``, keyed by the same
 task type. The task type is chosen once, by data prep (``--task-type``), and written into the dataset's
 ``manifest.json``; fine-tuning, evaluation and export read it from there, so they take no option for it.
 
@@ -22,8 +22,9 @@ import dataclasses
 import re
 from typing import Callable
 
-from tasks import image_check, schema
-from tasks.image_check import BadRecord
+from tasks.core import schema
+from tasks.prep import image_check
+from tasks.prep.image_check import BadRecord
 
 IMAGE_CLASSIFICATION = "image_classification"
 TEXT_CLASSIFICATION = "text_classification"
@@ -93,7 +94,7 @@ class Modality:
     arrow_type: str
     """Arrow type of that column: ``binary`` or ``string``."""
     layouts: tuple[str, ...]
-    """Raw layouts this task type reads (``tasks.layouts.LAYOUTS``)."""
+    """Raw layouts this task type reads (``tasks.prep.layouts.LAYOUTS``)."""
     measures: tuple[str, ...]
     """Per-record measures in the statistics."""
     stats_key: str

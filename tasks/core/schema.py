@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from tasks import run_folder
+from tasks.core import run_folder
 
 IMAGE = "image/encoded"
 """Encoded image bytes (JPEG or PNG), as the producer wrote them."""

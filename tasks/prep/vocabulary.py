@@ -3,7 +3,7 @@
 The vocabulary lives beside the dataset's partitions (``<storage root>/examples/_vocabulary/`` by default) as
 numbered, immutable versions ``v000001.json``, ``v000002.json``... Each holds the whole list (a label's id is its
 index) and the history of additions. A partition's prep reads the highest version; a new version is created with
-``storage.create_new``, which fails when another run created that number first, so two runs that add labels at
+``commit.create_new``, which fails when another run created that number first, so two runs that add labels at
 the same time cannot give one id to two labels: the loser re-reads and retries.
 
 A label a later partition brings that the vocabulary lacks follows the run's policy (``POLICIES``).
@@ -16,7 +16,7 @@ import json
 import logging
 import re
 
-from tasks import storage
+from tasks.io import commit, storage
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def extend(vocab: Vocabulary, new_labels: list[str], partition: str) -> Vocabula
 
 def save(vocab: Vocabulary) -> bool:
     """Creates this version; False when another run created this version number first."""
-    return storage.create_new(vocab.version_url(), vocab.to_json().encode())
+    return commit.create_new(vocab.version_url(), vocab.to_json().encode())
 
 
 def resolve(current: Vocabulary, seen: dict[str, int], policy: str, partition: str) -> tuple[Vocabulary, list[str]]:

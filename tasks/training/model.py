@@ -9,7 +9,8 @@ import dataclasses
 import logging
 import time
 
-from tasks import modality, runtime, schema
+from tasks.core import runtime, schema
+from tasks.prep import modality
 
 runtime.set_legacy_keras()
 
@@ -32,7 +33,7 @@ class ModelConfig:
     dropout: float = 0.2
     """Dropout before the head."""
     task_type: str = modality.IMAGE_CLASSIFICATION
-    """What the model classifies (``tasks.modality``)."""
+    """What the model classifies (``tasks.prep.modality``)."""
 
 
 def build_model(module_dir: str, cfg: ModelConfig) -> tf.keras.Model:
@@ -105,9 +106,9 @@ def make_dataset(files: list[str], image_size: tuple[int, int] | None, batch_siz
             every core of the machine); None uses TensorFlow's shared pool.
         shard: ``(count, index)``: keep every ``count``-th record from the ``index``-th, before decoding (workers
             splitting one pass over the same files); with ``training=False`` the shards partition the records.
-        task_type: what the records hold (``tasks.modality``); images are also flipped at random in training.
+        task_type: what the records hold (``tasks.prep.modality``); images are also flipped at random in training.
         read_file: a file name (a string tensor) to a dataset of its serialized records; default
-            ``tf.data.TFRecordDataset`` (``tasks.streamed_input`` passes its ranged WebHDFS reader).
+            ``tf.data.TFRecordDataset`` (``tasks.training.streamed_input`` passes its ranged WebHDFS reader).
     """
     if not files:
         raise ValueError("make_dataset got no files")

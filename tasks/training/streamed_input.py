@@ -5,7 +5,7 @@ Modes (``finetune`` option ``input_mode``):
 
 - ``stream``: each shard is read over WebHDFS in byte ranges of ``CHUNK_BYTES`` by a background thread that stays
   at most ``READAHEAD_CHUNKS`` ranges ahead of training (bounded memory); the records are cut from the TFRecord
-  framing, both CRCs checked (``tasks.tfrecord``), and fed to ``tf.data`` through ``Dataset.from_generator``. The
+  framing, both CRCs checked (``tasks.prep.tfrecord``), and fed to ``tf.data`` through ``Dataset.from_generator``. The
   first step waits for the first ranges of a few shards, not for the whole share. Shards are copied to local disk
   as they stream while the copies fit in a cap (``ShardCache``, ``cache_mb``; 0 for none): later passes read
   those copies and stream only the rest, so local disk stays under the cap whatever the dataset's size.
@@ -39,7 +39,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tasks import modality, storage, tfrecord
+from tasks.io import storage
+from tasks.prep import modality, tfrecord
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +147,9 @@ def plan_inputs(examples: str, train_names: list[str], eval_names: list[str], si
 def make_dataset(plan: InputPlan, files: list[str], image_size: tuple[int, int] | None, batch_size: int, *,
                  training: bool, seed: int = 0, threads: int | None = None, shard: tuple[int, int] | None = None,
                  task_type: str = modality.IMAGE_CLASSIFICATION):
-    """The ``tf.data`` pipeline over ``files`` of ``plan``: ``tasks.model.make_dataset`` for local files; for
+    """The ``tf.data`` pipeline over ``files`` of ``plan``: ``tasks.training.model.make_dataset`` for local files; for
     streamed ones the same steps (arguments as there) over records read by ``ShardStream``."""
-    from tasks import model as M
+    from tasks.training import model as M
 
     read_file = None  # local files: TFRecordDataset
     if plan.mode == "stream":
@@ -263,7 +264,7 @@ class ShardStream:
         out = None
         try:
             if own:
-                from tasks.webhdfs import WebHdfsClient
+                from tasks.io.webhdfs import WebHdfsClient
 
                 client = WebHdfsClient.from_env(timeout_s=READ_TIMEOUT_S, retries=1)
             status = self._with_retries(stop, "its status", lambda: client.status(self.url))
@@ -304,7 +305,7 @@ class ShardStream:
         return data
 
     def _with_retries(self, stop: threading.Event, what: str, read):
-        from tasks.webhdfs import WebHdfsError
+        from tasks.io.webhdfs import WebHdfsError
 
         for attempt in range(self.retries + 1):
             try:

@@ -10,7 +10,7 @@ raw partition (``file://`` directly, ``hdfs://`` through WebHDFS) and writes:
   ``tf.train.Example`` per bad record with its id, label, reason, detail, source and raw bytes.
 
 Both are functions of the records alone, so a retried or speculative attempt writes the same bytes, and each file
-appears complete or not at all (``storage.atomic_writer``).
+appears complete or not at all (``commit.atomic_writer``).
 
 For the table layouts (Parquet; CSV for text) the bytes are inside Parquet row groups or CSV files that hold records of every shard: one task per row
 group reads and checks them (``check_row_group``) and Spark shuffles the results to the shard writers
@@ -26,7 +26,9 @@ import time
 from collections import Counter
 from typing import Iterable, Iterator
 
-from tasks import image_check, layouts, modality, schema, storage, tfrecord
+from tasks.core import schema
+from tasks.io import commit, storage
+from tasks.prep import image_check, layouts, modality, tfrecord
 
 QUARANTINE_REASON = "quarantine/reason"
 QUARANTINE_DETAIL = "quarantine/detail"
@@ -138,7 +140,7 @@ class _ShardWriter:
     def bad_record(self, record_id: str, label: str, reason: str, detail: str, source: str, data: bytes,
                    size: int) -> None:
         if self._bad_file is None:  # most shards have no bad record: no quarantine piece
-            self._bad_file = self._files.enter_context(storage.atomic_writer(self.quarantine_url))
+            self._bad_file = self._files.enter_context(commit.atomic_writer(self.quarantine_url))
         self._bad_file.write(tfrecord.frame(tfrecord.encode_example({
             schema.RECORD_ID: record_id,
             schema.LABEL_TEXT: label,
@@ -161,7 +163,7 @@ class _ShardWriter:
 
 def example_bytes(record_id: str, content: bytes, fmt: str, label_id: int, label: str,
                   kind: modality.Modality = modality.IMAGE) -> bytes:
-    """The serialised ``tf.train.Example`` of a valid record (the schema of ``tasks.schema``)."""
+    """The serialised ``tf.train.Example`` of a valid record (the schema of ``tasks.core.schema``)."""
     features = {kind.feature: content}
     if kind is modality.IMAGE:
         features[schema.FORMAT] = fmt
@@ -178,7 +180,7 @@ def _write(task: ShardTask, ctx: Context, checked: Iterable[tuple]) -> dict:
     detail, source, data, size)``, in the order given."""
     started, cpu = time.perf_counter(), time.process_time()
     with contextlib.ExitStack() as files:
-        f = files.enter_context(storage.atomic_writer(storage.join(ctx.staging, task.name)))
+        f = files.enter_context(commit.atomic_writer(storage.join(ctx.staging, task.name)))
         writer = _ShardWriter(task, ctx, f, files)
         for item in checked:
             if item[0] == "good":

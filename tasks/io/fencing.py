@@ -10,7 +10,7 @@ operator that submits a job:
   of the attempt token (``TFHUB_ATTEMPT_TOKEN``: ``<run_dir>/_attempts/<task_id>.json``);
 * writes that token, naming itself, before it submits.
 
-Every commit under the run folder (``tasks/storage.py``: atomic files, published folders, staged folders) and the
+Every commit under the run folder (``tasks/io/storage.py``: atomic files, published folders, staged folders) and the
 publication for serving (``export_model``) first reads the token and raises :class:`StaleAttemptError` when it
 names another attempt: a newer attempt of the task owns the run, and this application must stop. Without the two
 variables (a job run by hand, a test) nothing is checked.
@@ -93,7 +93,7 @@ def check(what: str, url: str) -> None:
     attempt, url_token = current(), token_url()
     if attempt is None or url_token is None:
         return
-    from tasks import storage
+    from tasks.io import storage
 
     mine = label(attempt)
     owner = None
