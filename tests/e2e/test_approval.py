@@ -60,6 +60,9 @@ def awaiting_input(af, run_id: str, timeout: float = 1500) -> None:
     def parked():
         states = af.task_states(DAG, run_id)
         assert states.get("evaluate") not in ("failed", "upstream_failed"), states
+        # An approve step that ended without asking (a pass-through) fails here at once, not after the timeout.
+        assert states.get("approve") not in ("success", "skipped", "failed", "upstream_failed"), (
+            f"approve ended without waiting for an answer: {states}")
         return states.get("approve") == "awaiting_input"
 
     af.wait_for(patient(parked), timeout, f"run {run_id} waiting for approval", interval=3)
@@ -80,9 +83,11 @@ def wait_run(af, run_id: str, timeout: float = 1500) -> dict:
 ANSWER_AFTER_S = 20
 
 
-def answer(af, run_id: str, option: str) -> dict:
+def answer(af, run_id: str, option: str, comment: str | None = None) -> dict:
+    """Answers the request as the UI's Required Actions form does: an option and, optionally, a comment."""
     time.sleep(ANSWER_AFTER_S)
-    r = af.patch(f"/dags/{DAG}/dagRuns/{run_id}{HITL}", {"chosen_options": [option], "params_input": {}})
+    r = af.patch(f"/dags/{DAG}/dagRuns/{run_id}{HITL}",
+                 {"chosen_options": [option], "params_input": {"comment": comment} if comment else {}})
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -128,7 +133,8 @@ def test_a_required_approval_waits_until_approved_then_publishes(af):
     assert page.status_code == 200 and f"<strong>{metrics['accuracy']:.4f}</strong>" in page.text
     assert "approval" not in blessing(af, "2026-11-14")
 
-    answered = answer(af, run_id, "Approve")
+    assert detail["params"]["comment"]["value"] is None  # the request's form: an optional comment
+    answered = answer(af, run_id, "Approve", comment="curves converge; recall fine")
     assert answered["chosen_options"] == ["Approve"]
     assert wait_run(af, run_id)["state"] == "success", af.task_states(DAG, run_id)
     states = af.task_states(DAG, run_id)
@@ -136,7 +142,9 @@ def test_a_required_approval_waits_until_approved_then_publishes(af):
     assert (af.storage / "serving/shapes/20261114/saved_model.pb").exists()
     decision = blessing(af, "2026-11-14")["approval"]
     assert decision["decision"] == "approved" and decision["by"], decision
-    assert "APPROVED" in task_log(af, run_id, "approve")
+    assert decision["comment"] == "curves converge; recall fine", decision
+    log = task_log(af, run_id, "approve")
+    assert "APPROVED" in log and "reviewer's comment: curves converge; recall fine" in log
 
     # The run's links: each opens something a browser shows.
     assert set(links(af, run_id, "evaluate")) >= {"Evaluation report", "Confusion matrix", "Training curves"}

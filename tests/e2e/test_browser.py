@@ -1,8 +1,11 @@
 """The DAG as a user works with it in the Airflow UI, in a real headless Chromium against the session's
 ``airflow standalone``: trigger a run from the form for a named partition key with approval required, approve it
-in the run's Required Actions, see the version published, and open the evaluation report from the task's link.
+in the run's Required Actions with a comment, see the version published, open the run page's Evaluation tab (one click: the report
+with the accuracy, the confusion matrix and the training curves, and the link to the published version), and open
+the evaluation report from the task's link.
 
-It saves the approval step's screenshot the README shows (``docs/img/approval.png``).
+It saves the screenshots the operations guide shows: the approval step (``docs/img/approval.png``) and the run's
+Evaluation tab (``docs/img/evaluation_tab.png``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DAG = "tfhub_finetune"
 KEY = "2026-11-13"
 SCREENSHOT = ROOT / "docs" / "img" / "approval.png"
+EVALUATION_SCREENSHOT = ROOT / "docs" / "img" / "evaluation_tab.png"
+COMMENT = "Curves converge, every class above 0.9 recall."
 
 
 @pytest.fixture(scope="module")
@@ -93,14 +98,19 @@ def test_browser_triggers_approves_and_opens_the_report(af, tmp_path):
                     "the run waiting for approval", interval=3)
         # The run's Required Actions: the request with its metrics and links, and the two answers.
         browser.get(f"{af.url}/dags/{DAG}/runs/{run_id}/tasks/approve/required_actions")
-        approve = wait.until(ec.element_to_be_clickable((By.XPATH, "//button[normalize-space()='Approve']")))
+        wait.until(ec.element_to_be_clickable((By.XPATH, "//button[normalize-space()='Approve']")))
         wait.until(ec.presence_of_element_located((By.XPATH, "//*[contains(., 'Evaluation report')]")))
         wait.until(ec.presence_of_element_located((By.XPATH, "//td[normalize-space()='candidate']")))
+        # The reviewer's comment, the request's one form field.
+        comment = wait.until(ec.visibility_of_element_located((By.NAME, "element_comment")))
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", comment)
+        comment.click()
+        comment.send_keys(COMMENT)
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         browser.save_screenshot(str(SCREENSHOT))
         assert not (af.storage / f"serving/shapes/{KEY.replace('-', '')}").exists()
         time.sleep(ANSWER_AFTER_S)  # as a person would: see test_approval.ANSWER_AFTER_S
-        approve.click()
+        wait.until(ec.element_to_be_clickable((By.XPATH, "//button[normalize-space()='Approve']"))).click()
 
         def finished():
             state = af.get(f"/dags/{DAG}/dagRuns/{run_id}")["state"]
@@ -112,6 +122,22 @@ def test_browser_triggers_approves_and_opens_the_report(af, tmp_path):
         # The run's page shows its state (as "Success"): what the user sees after approving.
         wait.until(ec.presence_of_element_located(
             (By.XPATH, "//*[contains(translate(normalize-space(.), 'SUCES', 'suces'), 'success')]")))
+
+        # Click 1 from the run's page: its Evaluation tab shows the report, plots included, in a frame.
+        metrics = json.loads((af.storage / f"runs/ds={KEY}/metrics.json").read_text())
+        wait.until(ec.element_to_be_clickable(
+            (By.XPATH, "//a[@title='Evaluation' or normalize-space()='Evaluation']"))).click()
+        wait.until(ec.frame_to_be_available_and_switch_to_it((By.XPATH, "//iframe[@title='Evaluation']")))
+        heading = wait.until(ec.presence_of_element_located((By.TAG_NAME, "h1")))
+        assert heading.text == f"Evaluation of partition ds={KEY}"
+        assert f"accuracy {metrics['accuracy']:.4f}" in browser.find_element(By.TAG_NAME, "body").text
+        matrix = browser.find_element(By.XPATH, "//img[@alt='confusion matrix']")
+        wait.until(lambda b: b.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0",
+                                              matrix))
+        assert browser.find_element(By.XPATH, "//img[@alt='training curves']")
+        assert browser.find_element(By.PARTIAL_LINK_TEXT, f"Published version {KEY.replace('-', '')}")
+        browser.switch_to.default_content()
+        browser.save_screenshot(str(EVALUATION_SCREENSHOT))
 
         # The evaluate task's Evaluation report button (its Extra Links, on the task's Details tab) opens the
         # report, with the accuracy in it.
@@ -125,7 +151,6 @@ def test_browser_triggers_approves_and_opens_the_report(af, tmp_path):
             browser.switch_to.window(new_tab.pop())
         heading = wait.until(ec.presence_of_element_located((By.TAG_NAME, "h1")))
         assert heading.text == f"Evaluation of partition ds={KEY}"
-        metrics = json.loads((af.storage / f"runs/ds={KEY}/metrics.json").read_text())
         assert f"accuracy {metrics['accuracy']:.4f}" in browser.find_element(By.TAG_NAME, "body").text
         # Its plots show: the browser loaded the confusion matrix beside it.
         assert browser.execute_script(
@@ -136,6 +161,7 @@ def test_browser_triggers_approves_and_opens_the_report(af, tmp_path):
         af.patch(f"/dags/{DAG}", {"is_paused": True})
     blessing = json.loads((af.storage / f"runs/ds={KEY}/blessing.json").read_text())
     assert blessing["approval"]["decision"] == "approved"
+    assert blessing["approval"]["comment"] == COMMENT, blessing["approval"]
 
 
 def choose(browser, wait, name: str, option: str) -> None:

@@ -1,12 +1,14 @@
 """The approval step's parts that run without a scheduler: the pass-through with ``approval`` ``none``, the request
-a reviewer reads, and the decision written into the blessing record through the storage hook, atomically, on
-``file://`` and over WebHDFS (the test server). The waiting and the answers go through the real scheduler in
+a reviewer reads (with its comment field), the answer's handling (decision and comment in the log and the blessing
+record), and the decision written into the blessing record through the storage hook, atomically, on ``file://`` and
+over WebHDFS (the test server). The waiting and the answers go through the real scheduler in
 tests/e2e/test_approval.py."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -60,6 +62,54 @@ def test_the_request_shows_metrics_baseline_reasons_and_links(run_dir):
     assert f"[Confusion matrix]({view}/confusion_matrix.png)" in body
     assert f"[Training curves]({view}/training_curves.png)" in body
     assert "2026-11-21 12:00 UTC nothing is published" in body
+
+
+def test_the_request_has_a_comment_field(run_dir):
+    from airflow.sdk import DAG, Param
+
+    # In a DAG, as the pipeline builds it: the DAG's params reach the operator too, and stay out of the request.
+    with DAG("review", params={"approval": Param("required", type="string")}, schedule=None):
+        in_dag = operator(run_dir)
+    for op in (operator(run_dir), in_dag):
+        assert op.options == ["Approve", "Reject"]
+        assert list(op.serialized_params) == ["comment"]
+        field = op.serialized_params["comment"]
+        assert field["value"] is None and field["schema"]["type"] == ["null", "string"]
+        assert field["schema"]["title"] == "Comment" and "blessing.json" in field["description"]
+
+
+def test_the_pipelines_approve_task_asks_for_a_comment():
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(Path(__file__).resolve().parents[2] / "dags" / "tfhub_finetune.py"))
+    dag = bag.dags["tfhub_finetune"]
+    assert list(dag.get_task("approve").serialized_params) == ["comment"]
+
+
+@pytest.mark.parametrize("option, decision, comment", [
+    ("Approve", "approved", "curves look fine; the cross recall is expected"),
+    ("Reject", "rejected", "  cross recall 0.8 is too low  "),
+    ("Approve", "approved", None),  # no comment given: the form sends null
+])
+def test_the_reviewers_comment_goes_into_the_record_and_the_log(run_dir, caplog, monkeypatch, option, decision,
+                                                                comment):
+    op = operator(run_dir)
+    # The task's structlog logger does not reach caplog: the test's logger stands in for it.
+    monkeypatch.setattr(ModelApprovalOperator, "log", property(lambda self: logging.getLogger("approve-test")))
+    event = {"chosen_options": [option], "params_input": {"comment": comment},
+             "responded_at": dt.datetime(2026, 11, 21, 10, 0, tzinfo=dt.timezone.utc),
+             "responded_by_user": {"id": "anna", "name": "anna"}}
+    with caplog.at_level("INFO"):
+        op.execute_complete(context={}, event=event)
+    approval = json.loads((run_dir / "blessing.json").read_text())["approval"]
+    assert approval["decision"] == decision and approval["by"] == "anna"
+    assert approval["at"] == "2026-11-21T10:00:00+00:00"
+    said = (comment or "").strip()
+    assert approval["comment"] == said
+    assert approval["reason"].startswith(f"{decision} by anna at 2026-11-21T10:00:00+00:00"
+                                         + (f' ("{said}")' if said else ":"))
+    assert f"{decision.upper()}: {approval['reason']}" in caplog.text
+    assert (f"reviewer's comment: {said}" in caplog.text) is bool(said)
 
 
 def test_the_decision_is_recorded_in_the_blessing_atomically(run_dir):

@@ -1,7 +1,9 @@
 """The read-only file view the run-folder links open (``/tfhub/files/...``), mounted by the plugin in the real API
 server application (``airflow.api_fastapi.app.create_app``) on a migrated metadata database: the report rendered
-with its plots, PNGs as images, folder listings, and refusals (no login, folders outside runs/ and serving/,
-``..``, hidden entries, a symlink leading out of the storage root)."""
+with its plots and the run's other links, PNGs as images, folder listings, and refusals (no login, folders outside
+runs/ and serving/, ``..``, hidden entries, a symlink leading out of the storage root); and the run page's
+Evaluation tab (``/tfhub/runs/<dag_id>/<run_id>/evaluation``), which finds a run's folder from the run in the
+database and redirects to its report."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+from urllib.parse import quote, urljoin
 
 import pytest
 
@@ -65,6 +69,10 @@ def storage(tmp_path_factory) -> Path:
     (run / "metrics.json").write_text('{"accuracy": 0.95}')
     (run / ".report.md.tmp-0123").write_text("half written")
     (run / "tensorboard").mkdir()
+    (run / "published.json").write_text(
+        f'{{"url": "file://{root}/serving/shapes/20261120", "model_name": "shapes", "version": 20261120}}')
+    (run / "blessing.json").write_text('{"blessed": true, "reasons": [], "approval": {"decision": "approved", '
+                                       '"by": "reviewer", "comment": "curves look <fine>"}}')
     (root / "raw" / "ds=2026-11-20").mkdir(parents=True)
     (root / "raw" / "ds=2026-11-20" / "labels.csv").write_text("path,label\n")
     (root / "serving" / "shapes" / "20261120").mkdir(parents=True)
@@ -150,3 +158,70 @@ def test_a_request_without_a_login_is_refused(client):
     r = client.get("/tfhub/files/runs/ds=2026-11-20/report.md", headers={"Authorization": ""})
     assert r.status_code == 401, r.text
     assert "0.9500" not in r.text
+
+
+def test_a_run_report_starts_with_the_runs_other_links(client):
+    r = client.get("/tfhub/files/runs/ds=2026-11-20/report.md")
+    assert r.status_code == 200, r.text
+    head = r.text.split("<h1>")[0]
+    assert '<a href="./">Run folder</a>' in head
+    assert '<a href="tensorboard/">TensorBoard event files</a>' in head
+    # the published version, relative to the report, so the view works under any path prefix
+    assert '<a href="../../serving/shapes/20261120/">Published version 20261120 of shapes</a>' in head
+    assert "approved</strong> by reviewer: “curves look &lt;fine&gt;”" in head
+
+
+EVALUATION = "/tfhub/runs/{dag_id}/{run_id}/evaluation"
+
+
+@pytest.fixture(scope="module")
+def runs(client):
+    """Runs of the pipeline's DAG (and of another DAG) in the API server's database, as the scheduler makes them:
+    with a partition key; without one, with the partition param (airflow dags test); of a dataset whose run
+    has written nothing yet."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    made = {"keyed": ("tfhub_finetune", {}, "2026-11-20"),
+            "param": ("tfhub_finetune", {"partition": "2026-11-20"}, None),
+            "pending": ("tfhub_finetune", {"dataset": "topics"}, "2026-11-22"),
+            "other": ("tfhub_batch_score", {}, "2026-11-20")}
+    ids = {}
+    with create_session() as session:
+        for name, (dag_id, conf, key) in made.items():
+            run_id = f"manual__files_view_{name}+00:00"
+            session.query(DagRun).filter(DagRun.run_id == run_id).delete()
+            session.add(DagRun(dag_id=dag_id, run_id=run_id, run_type="manual", conf=conf, partition_key=key,
+                               state="running"))
+            ids[name] = (dag_id, run_id)
+    return {name: EVALUATION.format(dag_id=d, run_id=quote(r, safe="")) for name, (d, r) in ids.items()}
+
+
+@pytest.mark.parametrize("run", ["keyed", "param"])
+def test_the_evaluation_tab_redirects_to_the_runs_report(client, runs, run):
+    r = client.get(runs[run])
+    assert r.status_code == 307, r.text
+    target = urljoin(f"http://testserver{runs[run]}", r.headers["location"])
+    assert target == "http://testserver/tfhub/files/runs/ds=2026-11-20/report.md"
+    page = client.get(target)
+    assert page.status_code == 200 and "<strong>0.9500</strong>" in page.text
+    assert '<img src="confusion_matrix.png"' in page.text
+
+
+def test_the_evaluation_tab_says_what_is_not_written_yet(client, runs):
+    r = client.get(runs["pending"])
+    assert r.status_code == 404 and "No evaluation report yet" in r.text
+    assert "<code>topics/runs/ds=2026-11-22</code> (not written yet)" in r.text
+    other = client.get(runs["other"])
+    assert other.status_code == 200 and "Runs of <code>tfhub_batch_score</code> have no evaluation report" in other.text
+    assert client.get(EVALUATION.format(dag_id="tfhub_finetune", run_id="no_such_run")).status_code == 404
+    assert client.get(runs["keyed"], headers={"Authorization": ""}).status_code == 401
+
+
+def test_the_plugin_adds_the_evaluation_tab_to_the_run_page(client):
+    plugins = client.get("/api/v2/plugins")
+    assert plugins.status_code == 200, plugins.text
+    views = [v for p in plugins.json()["plugins"] if p["name"] == "tfhub_spark" for v in p["external_views"]]
+    assert views == [{"name": "Evaluation", "href": "/tfhub/runs/{DAG_ID}/{RUN_ID}/evaluation",
+                      "destination": "dag_run", "url_route": "tfhub_evaluation", "icon": None,
+                      "icon_dark_mode": None, "category": None, "nav_top_level": False}]

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
+from airflow.sdk import Param
+from airflow.sdk.definitions.param import ParamsDict
 from airflow.sdk.exceptions import AirflowSkipException
 
 from tfhub_spark.links import REVIEW_LINKS, api_base_url, files_url, storage_root
@@ -16,6 +18,15 @@ from tfhub_spark.run_folder import BLESSING, CONFUSION_MATRIX, METRICS, REPORT, 
 
 APPROVAL_MODES = ("none", "required")
 """``none``: the step passes through and the export goes ahead; ``required``: a reviewer decides."""
+COMMENT = "comment"
+"""The request's form field for the reviewer's comment (``params_input`` of the answer over the REST API)."""
+
+
+def comment_param() -> Param:
+    """The comment field of the request's form: optional text."""
+    return Param(None, type=["null", "string"], maxLength=2000, title="Comment",
+                 description="Why you approve or reject (optional). Recorded with your decision in the run's "
+                             "blessing.json and in the task log.")
 
 
 class ModelApprovalOperator(ApprovalOperator):
@@ -31,8 +42,9 @@ class ModelApprovalOperator(ApprovalOperator):
     * **Reject**: the export is skipped and the run succeeds;
     * **no answer** within ``approval_timeout``: this task and the export are skipped and the run succeeds.
 
-    Each decision is logged and written into the run's ``blessing.json`` (``approval``, and a line in ``reasons``)
-    through the storage hook, atomically.
+    The request has one form field, the reviewer's ``comment`` (optional). Each decision is logged and written into
+    the run's ``blessing.json`` (``approval``, with the comment, and a line in ``reasons``) through the storage
+    hook, atomically.
 
     :param run_dir: storage URL of the run folder (templated).
     :param approval: ``none`` or ``required`` (templated, from the run's params).
@@ -50,6 +62,15 @@ class ModelApprovalOperator(ApprovalOperator):
     def __init__(self, *, run_dir: str, approval: str, approval_timeout: float | str, model_name: str,
                  version: str | int, webhdfs_conn_id: str = "webhdfs_default", **kwargs: Any) -> None:
         kwargs.setdefault("subject", "Publish the model?")
+        # The DAG's params arrive here too (they are the DAG-level ones, which the request leaves out): the
+        # comment field is added as the task's own.
+        params = kwargs.get("params")
+        params = params if isinstance(params, ParamsDict) else ParamsDict(params or {})
+        fields = {k: params.get_param(k) for k in params}
+        if COMMENT not in fields or fields[COMMENT].source != "task":
+            fields[COMMENT] = comment_param()
+            fields[COMMENT].source = "task"
+        kwargs["params"] = ParamsDict(fields)
         super().__init__(**kwargs)
         self.run_dir = run_dir
         self.approval = approval
@@ -94,7 +115,8 @@ class ModelApprovalOperator(ApprovalOperator):
         lines += ["", f"[Evaluation report]({link(REPORT)}) · [Confusion matrix]({link(CONFUSION_MATRIX)}) · "
                       f"[Training curves]({link(TRAINING_CURVES)})", "",
                   f"Approve to publish it; Reject to publish nothing (the run still succeeds). Without an answer by "
-                  f"{deadline:%Y-%m-%d %H:%M} UTC nothing is published."]
+                  f"{deadline:%Y-%m-%d %H:%M} UTC nothing is published. The comment goes into the run's record "
+                  f"with your decision."]
         return "\n".join(lines)
 
     def execute(self, context):
@@ -138,12 +160,17 @@ class ModelApprovalOperator(ApprovalOperator):
             who = user.get("name") or user.get("id") or "an unknown user"
             at = event.get("responded_at")
             at = at.isoformat() if isinstance(at, dt.datetime) else str(at)
+            comment = str((event.get("params_input") or {}).get(COMMENT) or "").strip()
+            said = f' ("{comment}")' if comment else ""
             if event["chosen_options"] == [self.APPROVE]:
-                reason = f"approved by {who} at {at}: publishing {self.model_name} version {self.version}"
+                reason = f"approved by {who} at {at}{said}: publishing {self.model_name} version {self.version}"
                 self.log.info("APPROVED: %s", reason)
-                self._record("approved", reason, by=who, at=at)
+                self._record("approved", reason, by=who, at=at, comment=comment)
             else:
-                reason = f"rejected by {who} at {at}: {self.model_name} version {self.version} is not published"
+                reason = (f"rejected by {who} at {at}{said}: {self.model_name} version {self.version} is not "
+                          "published")
                 self.log.warning("REJECTED: %s", reason)
-                self._record("rejected", reason, by=who, at=at)
+                self._record("rejected", reason, by=who, at=at, comment=comment)
+            if comment:
+                self.log.info("reviewer's comment: %s", comment)
         return super().execute_complete(context, event)
