@@ -11,9 +11,9 @@ beside them. Three pieces, from the operators (``operators/spark_job.py``):
   application id) in Airflow's task state store (``SUBMISSION_KEY``), which survives retries; without one (Airflow
   before 3.3) the token file below names the attempt, and processes are found by their environment;
 * before submitting, the operator writes the attempt token ``<run_dir>/_attempts/<task_id>.json``; the jobs
-  (``tasks/fencing.py``) read it before each commit and refuse when it names another attempt.
+  (``tasks/io/fencing.py``) read it before each commit and refuse when it names another attempt.
 
-The token's file name and fields are the jobs' contract too: ``tasks/fencing.py`` reads what :func:`write_token`
+The token's file name and fields are the jobs' contract too: ``tasks/io/fencing.py`` reads what :func:`write_token`
 writes (tests/plugins/test_fencing.py checks both sides agree).
 """
 
@@ -24,6 +24,8 @@ import json
 import os
 import socket
 import time
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -79,9 +81,13 @@ class Attempt:
         return (self.dag_id, self.run_id, self.task_id, self.map_index) == \
             (other.dag_id, other.run_id, other.task_id, other.map_index)
 
-    def label(self) -> str:
+    def instance_label(self) -> str:
+        """The task instance, as :meth:`label` (and so the application's name) starts."""
         mapped = f"[{self.map_index}]" if self.map_index >= 0 else ""
-        return f"{self.dag_id}.{self.task_id}{mapped} run {self.run_id} try {self.try_number} ({self.id})"
+        return f"{self.dag_id}.{self.task_id}{mapped} run {self.run_id}"
+
+    def label(self) -> str:
+        return f"{self.instance_label()} try {self.try_number} ({self.id})"
 
     def yarn_tags(self) -> str:
         """``spark.yarn.tags``: YARN lower-cases tags and splits them on commas."""
@@ -228,3 +234,63 @@ def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Proce
         time.sleep(0.2)
         alive = [p for p in alive if not _gone(p)]
     return alive
+
+
+# --- Spark standalone: the Master's view of an older attempt's application -----------------------------------
+
+STANDALONE_WEBUI_EXTRA = "master_webui_url"
+"""Spark connection extra: the standalone Master's web UI (``http://host:port``), whose ``/json/`` lists the
+running applications. Without it: ``http://<master host>:8080``, the Master's default."""
+
+
+def standalone_webui_url(master: str, extra: dict[str, Any] | None) -> str | None:
+    """The web UI of the standalone Master ``master`` (``spark://host:port``, or several ``host:port`` separated by
+    commas with standby Masters: the first); None when ``master`` is not a standalone Master."""
+    if not master.startswith("spark://"):
+        return None
+    if url := str((extra or {}).get(STANDALONE_WEBUI_EXTRA) or "").strip():
+        return url.rstrip("/")
+    host = master[len("spark://"):].split(",")[0].rsplit(":", 1)[0]
+    return f"http://{host}:8080"
+
+
+def standalone_apps(webui_url: str, attempt: Attempt, other_ids: set[str] = frozenset(),
+                    app_ids: set[str] = frozenset()) -> list[dict[str, Any]]:
+    """The Master's running applications (``activeapps`` of ``<webui>/json/``) of another attempt: those with an
+    id in ``app_ids`` (what an older attempt recorded), and those whose name names another attempt of
+    ``attempt``'s task instance (the operator puts :meth:`Attempt.label` in the name given to spark-submit) or one
+    of the attempts ``other_ids``."""
+    with urllib.request.urlopen(f"{webui_url}/json/", timeout=10) as resp:
+        state = json.load(resp)
+    mine = f"({attempt.id})]"
+    instance = f"[{attempt.instance_label()} try "
+    found = []
+    for app in state.get("activeapps", []):
+        name = str(app.get("name", ""))
+        if app.get("id") in app_ids or (not name.endswith(mine) and (
+                instance in name or any(name.endswith(f"({i})]") for i in other_ids))):
+            found.append(app)
+    return found
+
+
+def wait_standalone_apps_gone(webui_url: str, attempt: Attempt, other_ids: set[str], timeout_s: float,
+                              poll_s: float = 1.0, app_ids: set[str] = frozenset()
+                              ) -> tuple[list[dict[str, Any]], float]:
+    """Waits until the Master lists no running application of another attempt (:func:`standalone_apps`): once its
+    driver is gone the Master ends the application and has its Workers kill its executors (and their Python
+    workers), wherever they run.
+
+    :return: the applications that were running at the first look (empty: none), and the seconds waited.
+    :raises RuntimeError: one still runs after ``timeout_s``.
+    :raises OSError: the Master's web UI did not answer.
+    """
+    t0 = time.monotonic()
+    first = apps = standalone_apps(webui_url, attempt, other_ids, app_ids)
+    while apps:
+        if time.monotonic() - t0 > timeout_s:
+            running = [(a.get("id"), a.get("name")) for a in apps]
+            raise RuntimeError(f"the Spark Master ({webui_url}) still runs {running} {timeout_s:.0f}s after their "
+                               f"attempt was stopped; not starting a second one")
+        time.sleep(poll_s)
+        apps = standalone_apps(webui_url, attempt, other_ids, app_ids)
+    return first, time.monotonic() - t0

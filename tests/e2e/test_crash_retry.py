@@ -8,6 +8,13 @@ task instance up for its next try number) and runs that try with ``airflow tasks
 same task instance, its task state store, the next try number. That try must stop the orphans before it submits,
 and from then on only it writes to the run folder; ``evaluate`` then scores its model against the accuracy bar of
 the end-to-end test.
+
+The same test runs on a Spark standalone cluster (a real Master and two 1-core Workers on 127.0.0.1, the Spark
+connection pointed at the Master through ``AIRFLOW_CONN_SPARK_TFHUB``). There the driver is spark-submit's child
+on this host, but the executors are JVMs the Worker started, with their Python and TensorFlow workers under them:
+the test checks that the retry finds those by their environment too, that the Master's application of the first
+try outlived the crash and is gone (the Master's ``/json/`` ``activeapps``) before the retry's workers start, and
+that the Workers themselves are left alone.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -25,6 +33,7 @@ import pytest
 
 from tests.conftest import DEMO_DS as DS
 from tests.conftest import DEMO_RUN_DATE, ROOT, copy_storage
+from tests.support.spark_standalone import SparkStandalone
 
 pytestmark = pytest.mark.e2e
 
@@ -32,6 +41,39 @@ HELLO = re.compile(r"worker (\d+) of attempt (\d+) started: pid (\d+)")
 FENCED = re.compile(r"fenced (.+?): stopped (\d+) processes \[([\d, ]*)\]")
 # Not run here: the sensor and prep (the copied run prepared the partition), the publication (not the point).
 SKIP = "wait_for_raw_partition|prepare_examples|export_model"
+# The standalone cluster's share of each application: both 1-core Workers, one executor on each.
+STANDALONE_CONF = {"spark.executor.cores": "1", "spark.cores.max": "2", "spark.executor.memory": "512m"}
+MASTER_CHECK = re.compile(r"fenced on the Spark Master: application (\S+) .*gone|"
+                          r"the Spark Master \(\S+\) runs no application of an older attempt")
+
+
+@pytest.fixture(params=["local", "standalone"])
+def cluster(request, tmp_path_factory):
+    """None for the embedded default (``local[2]``); a running Spark standalone cluster for ``standalone``."""
+    if request.param == "local":
+        yield None
+        return
+    with SparkStandalone(tmp_path_factory.mktemp("standalone"), workers=2, cores=1, memory="2g") as c:
+        yield c
+
+
+def on_cluster(env: dict, cluster: SparkStandalone) -> None:
+    """Points the copy's Spark connection at the cluster's Master (the environment's connection wins over the
+    database's) and gives each application both Workers."""
+    env["AIRFLOW_CONN_SPARK_TFHUB"] = json.dumps({
+        "conn_type": "spark", "host": cluster.master_url,
+        "extra": {"deploy-mode": "client", "master_webui_url": cluster.webui_url}})
+    pipeline = json.loads(env["AIRFLOW_VAR_TFHUB_PIPELINE"])
+    pipeline["spark_conf"] = {**pipeline.get("spark_conf", {}), **STANDALONE_CONF}
+    env["AIRFLOW_VAR_TFHUB_PIPELINE"] = json.dumps(pipeline)
+
+
+APP_ID = re.compile(r"Connected to Spark cluster with app ID (app-\d+-\d+)")
+
+
+def app_ids(cluster: SparkStandalone, which: str = "activeapps") -> list[str]:
+    """The ids of the Master's running (or completed) applications."""
+    return [a["id"] for a in cluster.state().get(which, [])]
 
 
 def airflow(env: dict, log: Path, args: str) -> subprocess.Popen:
@@ -47,7 +89,7 @@ def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen, log: 
         if result := predicate():
             return result
         if proc.poll() is not None:
-            raise AssertionError(f"airflow dags test exited {proc.returncode} before {what}:\n"
+            raise AssertionError(f"airflow exited {proc.returncode} before {what}:\n"
                                  f"{log.read_text()[-5000:]}")
         time.sleep(1)
     raise TimeoutError(f"{what} not reached after {timeout}s:\n{log.read_text()[-5000:]}")
@@ -79,6 +121,34 @@ def progress_records(run: Path) -> dict[tuple, dict]:
     return out
 
 
+WORKER_LINE = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) INFO finetune\.worker: \[w\d ")
+
+
+def keep_output_open(submit: psutil.Process, log: Path) -> threading.Thread:
+    """Reads spark-submit's output pipe (its stdout and stderr: one pipe, read by the task process) into ``log``
+    from now until the last writer exits, so that it outlives the task process. Without a reader, the orphaned
+    driver dies on its own within minutes of the crash once it blocks on its dead output (its workers' log relay
+    stalls): then whether the retry finds it depends on how long the retry takes to start. With one (a log
+    shipper, a deployment where spark-submit's output survives the task), the orphan trains on until stopped."""
+    pipe = open(f"/proc/{submit.pid}/fd/1", "rb", buffering=0)  # a second read end of the same pipe
+
+    def drain() -> None:
+        with pipe, open(log, "wb") as out:
+            while chunk := pipe.read(65536):
+                out.write(chunk)
+                out.flush()
+
+    thread = threading.Thread(target=drain, daemon=True)
+    thread.start()
+    return thread
+
+
+def worker_times(log: Path) -> list[float]:
+    """The times of the TensorFlow workers' log lines (relayed by the driver) in ``log``."""
+    return [time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + int(m.group(2)) / 1000
+            for m in WORKER_LINE.finditer(log.read_text(errors="replace"))]
+
+
 def alive(p: psutil.Process) -> bool:
     try:
         return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
@@ -101,9 +171,12 @@ def schedule_retry_as_the_scheduler_does(env: dict, run_id: str, task_id: str) -
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
 
 
-def test_sigkilled_training_task_is_fenced_by_its_retry(trained_demo_run, tmp_path):
+def test_sigkilled_training_task_is_fenced_by_its_retry(trained_demo_run, cluster, tmp_path):
     assert trained_demo_run.result.returncode == 0, "the session's demo run must have prepared the partition"
     storage, env = copy_storage(trained_demo_run, tmp_path)
+    if cluster is not None:
+        on_cluster(env, cluster)
+        daemons = [proc.pid for _, proc, _ in cluster._procs]  # the Master's and the Workers' JVMs
     run = storage / "runs" / f"ds={DS}"
     token_file = run / "_attempts" / "finetune.json"
     procs: list[psutil.Process] = []
@@ -126,14 +199,27 @@ def test_sigkilled_training_task_is_fenced_by_its_retry(trained_demo_run, tmp_pa
         submit = next(p for p in attempt_processes(token1["id"]) if "SparkSubmit" in " ".join(p.cmdline()))
         task_process = submit.parent()
         assert task_process.pid == first.pid  # the task runs in the CLI's process: the one to crash
+        if cluster is not None:
+            # The executors are the Workers' children, not spark-submit's: one JVM on each Worker.
+            executors = [p for p in attempt_processes(token1["id"])
+                         if "CoarseGrainedExecutorBackend" in " ".join(p.cmdline())]
+            assert sorted(p.ppid() for p in executors) == sorted(daemons[1:]), (executors, daemons)
+            assert set(workers1.values()) <= {c.pid for e in executors for c in e.children(recursive=True)}
+            app1 = APP_ID.search(first_log.read_text()).group(1)
+        orphan_log = tmp_path / "orphan.log"  # what the first try's driver writes after the crash
+        drain = keep_output_open(submit, orphan_log)
         os.kill(first.pid, signal.SIGKILL)
         first.wait(30)
 
-        # The crash left the attempt running: spark-submit, the driver and both TensorFlow workers.
+        # The crash left the attempt running: spark-submit, the driver and both TensorFlow workers (standalone:
+        # and its executors, and its application on the Master).
         time.sleep(3)
         procs = attempt_processes(token1["id"])
         assert set(workers1.values()) <= {p.pid for p in procs}, (workers1, procs)
         assert all(p.ppid() != first.pid for p in procs)
+        if cluster is not None:
+            assert {e.pid for e in executors} <= {p.pid for p in procs}
+            assert app_ids(cluster) == [app1], cluster.state()  # the orphaned driver keeps it running
         schedule_retry_as_the_scheduler_does(env, token1["run_id"], "finetune")
 
         retry = airflow(env, retry_log, f"tasks test tfhub_finetune finetune {token1['run_id']}")
@@ -147,8 +233,13 @@ def test_sigkilled_training_task_is_fenced_by_its_retry(trained_demo_run, tmp_pa
         workers2 = wait_for(retry_trains, 600, "the retry's workers", retry, retry_log)
         left = [p.pid for p in procs if alive(p)]
         assert left == [], f"the first try's processes {left} still run beside the retry's workers {workers2}"
+        assert attempt_processes(token1["id"]) == []  # nor any the Master started for it meanwhile
         token2 = json.loads(token_file.read_text())
         assert token2["try_number"] == token1["try_number"] + 1 and token2["id"] != token1["id"]
+        if cluster is not None:
+            # One application on the Master: the retry's; the first try's has ended.
+            app2 = APP_ID.search(retry_log.read_text()).group(1)
+            assert app_ids(cluster) == [app2] and app1 in app_ids(cluster, "completedapps"), cluster.state()
 
         while retry.poll() is None:
             seen.update(progress_records(run))
@@ -173,6 +264,24 @@ def test_sigkilled_training_task_is_fenced_by_its_retry(trained_demo_run, tmp_pa
     stopped = {int(x) for x in fenced.group(3).split(",") if x.strip()}
     assert stopped & {p.pid for p in procs}, (stopped, procs)
     assert out.index(fenced.group(0)) < out.index("now names") < out.index(HELLO.search(out).group(0))
+    if cluster is not None:
+        # The executors and their Python workers, on this host, were stopped with the driver; then the retry
+        # made sure the Master ran no application of the first try any more, before it took the run over.
+        assert {e.pid for e in executors} <= stopped, (executors, stopped)
+        master = MASTER_CHECK.search(out)
+        assert master, out[-5000:]
+        assert master.group(1) in (None, app1), master.group(0)
+        assert out.index(fenced.group(0)) < out.index(master.group(0)) < out.index("now names")
+        # The cluster itself is untouched: its Master and both Workers still run and are registered.
+        assert all(psutil.pid_exists(pid) for pid in daemons)
+        assert sum(w["state"] == "ALIVE" for w in cluster.state()["workers"]) == 2
+    # From the workers' logs: the first try's workers trained after the crash, and logged nothing once the retry
+    # had taken the run over (its driver's output ended when the retry stopped it).
+    drain.join(30)
+    assert not drain.is_alive(), "the first try's driver still writes"
+    orphan_times = worker_times(orphan_log)
+    assert orphan_times and max(orphan_times) < token2["claimed_at"], (orphan_times[-3:], token2["claimed_at"])
+    assert min(worker_times(retry_log)) >= token2["claimed_at"]
     # The first try committed checkpoints before the retry took the run over, and none after; every commit after
     # it is the retry's.
     by = {r["airflow_attempt"]["id"]: [] for r in seen.values()}

@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 import time
 import types
 
 import psutil
 import pytest
 
-from tasks import fencing as job_fencing
+from tasks.io import fencing as job_fencing
 from tfhub_spark import fencing
 from tfhub_spark.operators.spark_job import PipelineSparkSubmitOperator
 
@@ -124,8 +125,68 @@ def test_retry_stops_what_an_older_attempt_left_running_and_nothing_else(deploym
                 pass
 
 
+class FakeMaster:
+    """A Spark standalone Master's web UI: ``/json/`` lists ``apps`` as running; each look counts."""
+
+    def __init__(self, apps: list[dict]) -> None:
+        import http.server
+
+        self.apps, self.looks = apps, 0
+        master = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                master.looks += 1
+                body = json.dumps({"status": "ALIVE", "activeapps": master.apps, "completedapps": []}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_retry_waits_until_the_standalone_master_ends_the_older_attempts_application(deployment, tmp_path,
+                                                                                      monkeypatch):
+    previous = fencing.Attempt("tfhub_finetune", RUN, "evaluate", -1, 1, "older")
+    older = {"id": "app-1", "name": f"tfhub-evaluate [{previous.label()}]"}
+    unrelated = {"id": "app-2", "name": "tfhub-evaluate [tfhub_finetune.evaluate run another-run try 1 (x)]"}
+    master = FakeMaster([older, unrelated])
+    monkeypatch.setenv("AIRFLOW_CONN_SPARK_TFHUB", json.dumps(
+        {"conn_type": "spark", "host": "spark://127.0.0.1", "port": 7077,
+         "extra": {"deploy-mode": "client", fencing.STANDALONE_WEBUI_EXTRA: master.url}}))
+    retry = operator(deployment, tmp_path / "zip", context(2))
+    assert fencing.standalone_apps(master.url, retry.attempt) == [older]
+    # Another run's application is not this task's; this attempt's own never counts.
+    mine = {"id": "app-3", "name": f"tfhub-evaluate [{retry.attempt.label()}]"}
+    assert fencing.standalone_apps(master.url, fencing.Attempt(**{**json.loads(retry.attempt.to_json()),
+                                                                  "run_id": "another-run"})) == [unrelated]
+    # An application the older attempt recorded counts whatever its name (the jobs name their own session).
+    assert fencing.standalone_apps(master.url, retry.attempt, app_ids={"app-2"}) == [older, unrelated]
+    master.apps.append(mine)
+    threading.Timer(1.5, lambda: master.apps.remove(older)).start()  # the Master ends it after 1.5 s
+    t0 = time.monotonic()
+    retry.claim_run(retry._context)
+    assert time.monotonic() - t0 >= 1.4 and master.looks >= 2  # it waited for the Master, then claimed the run
+    assert json.loads((deployment / "runs/ds=2026-11-20/_attempts/evaluate.json").read_text())["id"] == \
+        retry.attempt.id
+    # An application that never ends: the retry refuses to start a second one.
+    master.apps.append(older)
+    again = operator(deployment, tmp_path / "zip2", context(3))
+    again.fence_standalone_timeout_s = 1
+    with pytest.raises(RuntimeError, match="still runs .*app-1.*not starting a second one"):
+        again.claim_run(again._context)
+    master.server.shutdown()
+
+
 def test_token_on_hdfs_replaces_the_older_one_and_the_jobs_read_it(tmp_path, monkeypatch):
-    from tasks import storage as job_storage
+    from tasks.io import commit as job_commit
+    from tasks.io import storage as job_storage
     from tests.support.webhdfs_server import WebHdfsTestServer
     from tfhub_spark.hooks.storage import StorageHook
 
@@ -146,7 +207,7 @@ def test_token_on_hdfs_replaces_the_older_one_and_the_jobs_read_it(tmp_path, mon
         monkeypatch.setenv("TFHUB_ATTEMPT", old.to_json())
         monkeypatch.setenv("TFHUB_ATTEMPT_TOKEN", url)
         with pytest.raises(job_fencing.StaleAttemptError, match=f"try 2 \\({new.id}\\) owns {run_dir}"):
-            job_storage.write_text_atomic(f"{run_dir}/history.json", "[]")
+            job_commit.write_text_atomic(f"{run_dir}/history.json", "[]")
         monkeypatch.setenv("TFHUB_ATTEMPT", new.to_json())
-        job_storage.write_text_atomic(f"{run_dir}/history.json", "[]")
+        job_commit.write_text_atomic(f"{run_dir}/history.json", "[]")
     job_storage._client = None
