@@ -5,7 +5,9 @@ links; approved, it publishes; rejected, or not answered in time, it publishes n
 blessing record says why.
 
 Whole-DAG runs on small partitions, one epoch, one worker, every model blessed: every task runs, quickly. The
-rejected and the timed-out runs go together (the DAG allows two active runs).
+rejected and the timed-out runs go together (the DAG allows two active runs). The approved path is the run of
+tests/e2e/test_browser.py, approved in the UI, with the same checks of the waiting request over the REST API (the
+helpers below serve both files).
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import json
 import time
 
 import pytest
-import requests
 
 from tasks.demo import make_dataset
 from tests.support.airflow_standalone import patient
@@ -105,57 +106,6 @@ def links(af, run_id: str, task_id: str) -> dict:
 
 def blessing(af, ds: str) -> dict:
     return json.loads((af.storage / f"runs/ds={ds}/blessing.json").read_text())
-
-
-def test_a_required_approval_waits_until_approved_then_publishes(af):
-    stop_stray_scheduled_runs(af)
-    make_partition(af, "2026-11-14")
-    run_id = trigger(af, {**QUICK, "approval": "required", "approval_timeout": 60}, "2026-11-14")
-    awaiting_input(af, run_id)
-    # Waiting: nothing exported, the run is running, the request shows what a reviewer decides on.
-    states = af.task_states(DAG, run_id)
-    assert states["gate"] == "success" and states["export_model"] in (None, "none", "no_status"), states
-    assert af.get(f"/dags/{DAG}/dagRuns/{run_id}")["state"] == "running"
-    assert not (af.storage / "serving/shapes/20261114").exists()
-    detail = af.get(f"/dags/{DAG}/dagRuns/{run_id}{HITL}")
-    metrics = json.loads((af.storage / "runs/ds=2026-11-14/metrics.json").read_text())
-    assert detail["options"] == ["Approve", "Reject"]
-    assert f"accuracy {metrics['accuracy']:.4f}" in detail["subject"]
-    body = detail["body"]
-    assert f"**{metrics['accuracy']:.4f}**" in body
-    for name, m in metrics["per_class"].items():  # the recall of every class
-        assert f"| {name} | {m['recall']:.3f} |" in body
-    assert "| baseline" in body
-    report = f"{af.url}/tfhub/files/runs/ds=2026-11-14/report.md"
-    assert f"[Evaluation report]({report})" in body
-    # The report link opens the rendered report, its accuracy in it.
-    page = requests.get(report, timeout=30)
-    assert page.status_code == 200 and f"<strong>{metrics['accuracy']:.4f}</strong>" in page.text
-    assert "approval" not in blessing(af, "2026-11-14")
-
-    assert detail["params"]["comment"]["value"] is None  # the request's form: an optional comment
-    answered = answer(af, run_id, "Approve", comment="curves converge; recall fine")
-    assert answered["chosen_options"] == ["Approve"]
-    assert wait_run(af, run_id)["state"] == "success", af.task_states(DAG, run_id)
-    states = af.task_states(DAG, run_id)
-    assert states["approve"] == "success" and states["export_model"] == "success", states
-    assert (af.storage / "serving/shapes/20261114/saved_model.pb").exists()
-    decision = blessing(af, "2026-11-14")["approval"]
-    assert decision["decision"] == "approved" and decision["by"], decision
-    assert decision["comment"] == "curves converge; recall fine", decision
-    log = task_log(af, run_id, "approve")
-    assert "APPROVED" in log and "reviewer's comment: curves converge; recall fine" in log
-
-    # The run's links: each opens something a browser shows.
-    assert set(links(af, run_id, "evaluate")) >= {"Evaluation report", "Confusion matrix", "Training curves"}
-    for task_id, name, check in [
-            ("evaluate", "Confusion matrix", lambda r: r.headers["content-type"] == "image/png"),
-            ("finetune", "Training curves", lambda r: r.headers["content-type"] == "image/png"),
-            ("approve", "Evaluation report", lambda r: "<h1>Evaluation of partition" in r.text),
-            ("export_model", "Published version", lambda r: "saved_model.pb" in r.text)]:
-        url = links(af, run_id, task_id)[name]
-        r = requests.get(url, timeout=30)
-        assert r.status_code == 200 and check(r), (task_id, name, url, r.status_code, r.text[:300])
 
 
 def test_rejected_and_timed_out_runs_publish_nothing_and_succeed(af):

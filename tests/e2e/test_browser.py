@@ -1,8 +1,14 @@
 """The DAG as a user works with it in the Airflow UI, in a real headless Chromium against the session's
 ``airflow standalone``: trigger a run from the form for a named partition key with approval required, approve it
-in the run's Required Actions with a comment, see the version published, open the run page's Evaluation tab (one click: the report
-with the accuracy, the confusion matrix and the training curves, and the link to the published version), and open
-the evaluation report from the task's link.
+in the run's Required Actions with a comment, see the version published, open the run page's Evaluation tab (one
+click: the report with the accuracy, the confusion matrix and the training curves, and the link to the published
+version), and open the evaluation report from the task's link.
+
+The same run is the approved path of the approval step (tests/e2e/test_approval.py has the rejected and the
+timed-out ones): while it waits, the request over the REST API the UI reads (its options, metrics, baseline and
+report link), nothing exported and the run still running; once approved, the decision, the reviewer and the
+comment in the blessing record and the task log, and every link of the run opening what a browser shows. One run
+serves both: a whole-DAG run costs minutes on this machine (issue 19).
 
 It saves the screenshots the operations guide shows: the approval step (``docs/img/approval.png``) and the run's
 Evaluation tab (``docs/img/evaluation_tab.png``).
@@ -16,9 +22,11 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from tasks.demo import make_dataset
-from tests.e2e.test_approval import ANSWER_AFTER_S
+from tests.e2e.test_approval import (ANSWER_AFTER_S, HITL, awaiting_input, blessing, links,
+                                     task_log)
 from tests.support.airflow_standalone import patient
 
 pytestmark = pytest.mark.e2e
@@ -94,8 +102,8 @@ def test_browser_triggers_approves_and_opens_the_report(af, tmp_path):
         assert run["conf"]["epochs"] == 1 and run["conf"]["num_workers"] == 1
         assert run["conf"]["approval"] == "required"
 
-        af.wait_for(patient(lambda: af.task_states(DAG, run_id).get("approve") == "awaiting_input"), 1500,
-                    "the run waiting for approval", interval=3)
+        awaiting_input(af, run_id)
+        check_the_waiting_request(af, run_id)
         # The run's Required Actions: the request with its metrics and links, and the two answers.
         browser.get(f"{af.url}/dags/{DAG}/runs/{run_id}/tasks/approve/required_actions")
         wait.until(ec.element_to_be_clickable((By.XPATH, "//button[normalize-space()='Approve']")))
@@ -159,9 +167,53 @@ def test_browser_triggers_approves_and_opens_the_report(af, tmp_path):
     finally:
         browser.quit()
         af.patch(f"/dags/{DAG}", {"is_paused": True})
-    blessing = json.loads((af.storage / f"runs/ds={KEY}/blessing.json").read_text())
-    assert blessing["approval"]["decision"] == "approved"
-    assert blessing["approval"]["comment"] == COMMENT, blessing["approval"]
+    check_the_approved_run(af, run_id)
+
+
+def check_the_waiting_request(af, run_id: str) -> None:
+    """Waiting: nothing exported, the run is running, and the request (over the REST API the UI reads) shows what a
+    reviewer decides on."""
+    states = af.task_states(DAG, run_id)
+    assert states["gate"] == "success" and states["export_model"] in (None, "none", "no_status"), states
+    assert af.get(f"/dags/{DAG}/dagRuns/{run_id}")["state"] == "running"
+    assert not (af.storage / f"serving/shapes/{KEY.replace('-', '')}").exists()
+    detail = af.get(f"/dags/{DAG}/dagRuns/{run_id}{HITL}")
+    metrics = json.loads((af.storage / f"runs/ds={KEY}/metrics.json").read_text())
+    assert detail["options"] == ["Approve", "Reject"]
+    assert f"accuracy {metrics['accuracy']:.4f}" in detail["subject"]
+    body = detail["body"]
+    assert f"**{metrics['accuracy']:.4f}**" in body
+    for name, m in metrics["per_class"].items():  # the recall of every class
+        assert f"| {name} | {m['recall']:.3f} |" in body
+    assert "| baseline" in body
+    report = f"{af.url}/tfhub/files/runs/ds={KEY}/report.md"
+    assert f"[Evaluation report]({report})" in body
+    # The report link opens the rendered report, its accuracy in it.
+    page = requests.get(report, timeout=30)
+    assert page.status_code == 200 and f"<strong>{metrics['accuracy']:.4f}</strong>" in page.text
+    assert "approval" not in blessing(af, KEY)
+    assert detail["params"]["comment"]["value"] is None  # the request's form: an optional comment
+
+
+def check_the_approved_run(af, run_id: str) -> None:
+    """Approved: exported, the decision with its reviewer and comment recorded and logged, every link working."""
+    states = af.task_states(DAG, run_id)
+    assert states["approve"] == "success" and states["export_model"] == "success", states
+    decision = blessing(af, KEY)["approval"]
+    assert decision["decision"] == "approved" and decision["by"], decision
+    assert decision["comment"] == COMMENT, decision
+    log = task_log(af, run_id, "approve")
+    assert "APPROVED" in log and f"reviewer's comment: {COMMENT}" in log
+    # The run's links: each opens something a browser shows.
+    assert set(links(af, run_id, "evaluate")) >= {"Evaluation report", "Confusion matrix", "Training curves"}
+    for task_id, name, check in [
+            ("evaluate", "Confusion matrix", lambda r: r.headers["content-type"] == "image/png"),
+            ("finetune", "Training curves", lambda r: r.headers["content-type"] == "image/png"),
+            ("approve", "Evaluation report", lambda r: "<h1>Evaluation of partition" in r.text),
+            ("export_model", "Published version", lambda r: "saved_model.pb" in r.text)]:
+        url = links(af, run_id, task_id)[name]
+        r = requests.get(url, timeout=30)
+        assert r.status_code == 200 and check(r), (task_id, name, url, r.status_code, r.text[:300])
 
 
 def choose(browser, wait, name: str, option: str) -> None:
