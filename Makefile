@@ -51,7 +51,7 @@ else ifneq ($(NAME),)
 $(error NAME=$(NAME): the modules this project builds are the demo's (no NAME) and NAME=mobilenet_v2_100_224)
 endif
 
-.PHONY: help setup system-deps venv airflow-setup hub-module demo-data demo test bench clean hadoop-up hadoop-down \
+.PHONY: help setup system-deps venv spark-cds airflow-setup hub-module demo-data demo test bench clean hadoop-up hadoop-down \
 	ui tensorboard test-nightly
 
 help:
@@ -60,7 +60,7 @@ help:
 	@echo "make test     run the test suite (unit, DAG, end to end)"
 	@echo "make test-nightly   the tests outside make test's time budget (the real-size module)"
 	@echo "make bench    run the benchmarks"
-	@echo "make setup    only install: system packages, virtualenv, Airflow home"
+	@echo "make setup    only install: system packages, virtualenv, Spark's class-data sharing archive, Airflow home"
 	@echo "make hadoop-up / hadoop-down   start / stop a local HDFS + YARN (hadoop/MiniHadoop.java)"
 	@echo "make ui       airflow standalone on the project's Airflow home (UI_PORT=8080); prints the URL and login"
 	@echo "make tensorboard   TensorBoard on the runs folder of the storage root (TENSORBOARD_PORT=6006)"
@@ -78,7 +78,14 @@ $(STAMP): requirements.txt requirements-nodeps.txt constraints.txt
 
 venv: system-deps $(STAMP)
 
-airflow-setup: venv
+# The class-data sharing archive of Spark's driver JVM (scripts/spark_cds.sh): rebuilt when the venv changes.
+SPARK_CDS := var/spark-cds/driver.jsa
+$(SPARK_CDS): $(STAMP) scripts/spark_cds.sh scripts/spark_cds_workload.py
+	@bash scripts/spark_cds.sh
+
+spark-cds: venv $(SPARK_CDS)
+
+airflow-setup: venv spark-cds
 	@bash scripts/setup_airflow.sh
 
 setup: airflow-setup

@@ -7,6 +7,8 @@ export AIRFLOW_HOME="${AIRFLOW_HOME:-$PROJECT_ROOT/var/airflow}"
 export TFHUB_STORAGE_ROOT="${TFHUB_STORAGE_ROOT:-file://$PROJECT_ROOT/var/storage}"
 # The embedded default's Spark SQL catalog (layout table): Hive metastore on Derby and the warehouse, in one folder.
 export TFHUB_CATALOG_DIR="${TFHUB_CATALOG_DIR:-$PROJECT_ROOT/var/catalog}"
+# The class-data sharing archive of Spark's driver JVM (scripts/spark_cds.sh): cheaper JVM start-up, or ignored.
+export TFHUB_SPARK_CDS="${TFHUB_SPARK_CDS:-$PROJECT_ROOT/var/spark-cds/driver.jsa}"
 export AIRFLOW__CORE__DAGS_FOLDER="$PROJECT_ROOT/dags"
 export AIRFLOW__CORE__PLUGINS_FOLDER="$PROJECT_ROOT/plugins"
 export AIRFLOW__CORE__LOAD_EXAMPLES=False

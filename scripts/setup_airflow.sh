@@ -17,7 +17,7 @@ rendered="$AIRFLOW_HOME/rendered-config"
 mkdir -p "$rendered"
 for f in connections variables pools; do
   sed -e "s#@PROJECT_ROOT@#$PROJECT_ROOT#g" -e "s#@STORAGE_ROOT@#$TFHUB_STORAGE_ROOT#g" \
-    -e "s#@CATALOG_DIR@#$TFHUB_CATALOG_DIR#g" \
+    -e "s#@CATALOG_DIR@#$TFHUB_CATALOG_DIR#g" -e "s#@SPARK_CDS@#$TFHUB_SPARK_CDS#g" \
     "$CONFIG_DIR/$f.json" >"$rendered/$f.json"
 done
 # The migration and the three imports in one interpreter (scripts/airflow_cli.py): one Airflow start-up, not four.

@@ -128,6 +128,13 @@ def small_hub_module(tmp_path_factory) -> Path:
     return built_once(tmp_path_factory, "hub", build) / "small_fv"
 
 
+# As config/embedded sets them: the JIT's top tier costs short-lived JVMs more CPU than it saves them, and the class-data
+# sharing archive of `make spark-cds` (scripts/spark_cds.sh) saves a third of a short job's JVM CPU; the JVM
+# ignores an archive that is missing or does not match.
+SPARK_DRIVER_JAVA_OPTIONS = ("-XX:TieredStopAtLevel=1 -XX:SharedArchiveFile="
+                             + os.environ.get("TFHUB_SPARK_CDS", str(ROOT / "var" / "spark-cds" / "driver.jsa")))
+
+
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
     """A real local[2] Spark session, shared by the tests of the Spark stages."""
@@ -139,8 +146,7 @@ def spark(tmp_path_factory):
                .config("spark.sql.warehouse.dir", str(tmp_path_factory.mktemp("spark-warehouse")))
                .config("spark.sql.shuffle.partitions", "4")
                .config("spark.python.worker.reuse", "false")
-               # As in config/embedded: the JIT's top tier costs short jobs more CPU than it saves them.
-               .config("spark.driver.extraJavaOptions", "-XX:TieredStopAtLevel=1")
+               .config("spark.driver.extraJavaOptions", SPARK_DRIVER_JAVA_OPTIONS)
                .getOrCreate())
     session.sparkContext.setLogLevel("WARN")
     yield session

@@ -25,7 +25,7 @@ import pytest
 
 from tasks.core import schema
 from tasks.prep import tfrecord
-from tests.conftest import PreparedDataset
+from tests.conftest import SPARK_DRIVER_JAVA_OPTIONS, PreparedDataset
 from tests.support.spark_standalone import SPARK_SUBMIT, SparkStandalone, daemon_env
 from tests.support.webhdfs_server import WebHdfsTestServer
 
@@ -49,8 +49,8 @@ BASE_CONF = {
     "spark.driver.memory": "1g",
     "spark.ui.enabled": "false",
     "spark.ui.showConsoleProgress": "false",
-    # As config/embedded sets them: the JIT's top tier costs short-lived JVMs more CPU than it saves them.
-    "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1",
+    # As config/embedded sets them (see tests/conftest.py).
+    "spark.driver.extraJavaOptions": SPARK_DRIVER_JAVA_OPTIONS,
     "spark.executor.extraJavaOptions": "-XX:TieredStopAtLevel=1",
     # What the job sets on a session it creates (SESSION_CONF, SESSION_DEFAULTS of tasks.training.preflight), given
     # explicitly here.
