@@ -18,19 +18,15 @@ from __future__ import annotations
 import datetime as dt
 
 from airflow.sdk import Param, PartitionedAssetTimetable, chain, dag, task
-from airflow.sdk.configuration import conf
 
 from tfhub_spark.assets import SERVED_MODEL
-from tfhub_spark.callbacks import log_failure, log_retry
+from tfhub_spark.dag_defaults import DEFAULT_ARGS, PARTITION_WAIT, START_DATE, TAGS, WEBHDFS_CONN_ID
 from tfhub_spark.operators.spark_job import PipelineSparkSubmitOperator
-from tfhub_spark.params import FOLDER_NAME
+from tfhub_spark.params import FOLDER_NAME, input_column_params
 from tfhub_spark.run_folder import PREDICTIONS_STATS
 from tfhub_spark.sensors.partition import PartitionReadySensor
 
-SENSOR_DEFERRABLE = conf.getboolean("operators", "default_deferrable", fallback=True)
 
-SPARK_CONN_ID = "spark_tfhub"
-WEBHDFS_CONN_ID = "webhdfs_tfhub"
 
 ROOT = "{{ var.json.tfhub_pipeline.storage_root }}"
 DATA = ROOT + "{{ '/' ~ params.dataset if params.dataset else '' }}"
@@ -66,9 +62,7 @@ PARAMS = {
     "label_column": Param("label", type="string", minLength=1,
                           description="Tables and manifests: column of the label (kept in the predictions when "
                                       "present; not needed)."),
-    "image_column": Param("image", type="string", minLength=1,
-                          description="parquet layout, images: column of the encoded image bytes."),
-    "text_column": Param("text", type="string", minLength=1, description="Text tables: column of the text."),
+    **input_column_params(),
     "max_bad_fraction": Param(0.05, type="number", minimum=0, maximum=1,
                               description="Fail when more than this fraction of records cannot be scored (they are "
                                           "quarantined with their reason either way)."),
@@ -83,19 +77,12 @@ PARAMS = {
     dag_id="tfhub_batch_score",
     # One run per published partition: the run's partition key is the publication event's.
     schedule=PartitionedAssetTimetable(assets=SERVED_MODEL),
-    start_date=dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc),
+    start_date=START_DATE,
     catchup=False,
     max_active_runs=2,
     params=PARAMS,
-    default_args={
-        "retries": 2,
-        "retry_delay": dt.timedelta(minutes=1),
-        "retry_exponential_backoff": True,
-        "max_retry_delay": dt.timedelta(minutes=15),
-        "on_failure_callback": log_failure,
-        "on_retry_callback": log_retry,
-    },
-    tags=["tfhub", "spark", "ml"],
+    default_args=DEFAULT_ARGS,
+    tags=TAGS,
     doc_md=__doc__,
 )
 def tfhub_batch_score():
@@ -112,17 +99,12 @@ def tfhub_batch_score():
     wait_for_raw_partition = PartitionReadySensor(
         task_id="wait_for_raw_partition",
         path=RAW,
-        webhdfs_conn_id=WEBHDFS_CONN_ID,
-        deferrable=SENSOR_DEFERRABLE,
-        mode="reschedule",
         poke_interval=60,
-        timeout=12 * 3600,
+        **PARTITION_WAIT,
     )
     score_partition = PipelineSparkSubmitOperator(
         task_id="score_partition",
         job="score_partition",
-        conn_id=SPARK_CONN_ID,
-        webhdfs_conn_id=WEBHDFS_CONN_ID,
         job_args={"--raw": RAW, "--output": PREDICTIONS, "--serving-root": f"{ROOT}/serving",
                   "--model-name": MODEL_NAME, "--version": VERSION, "--partition": DS,
                   "--layout": "{{ params.layout }}", "--max-bad-fraction": "{{ params.max_bad_fraction }}",

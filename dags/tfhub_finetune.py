@@ -12,15 +12,14 @@ from __future__ import annotations
 import datetime as dt
 import os
 
-from airflow.sdk.configuration import conf
 from airflow.sdk import CronPartitionTimetable, Param, chain, dag, task
 
 from tfhub_spark.assets import SERVED_MODEL
-from tfhub_spark.callbacks import log_failure, log_retry
+from tfhub_spark.dag_defaults import DEFAULT_ARGS, PARTITION_WAIT, START_DATE, TAGS, WEBHDFS_CONN_ID
 from tfhub_spark.operators.approval import APPROVAL_MODES, ModelApprovalOperator
 from tfhub_spark.operators.spark_job import ModelExportOperator, PipelineSparkSubmitOperator, TfHubFinetuneOperator
 from tfhub_spark.partition import KEY_FORMAT, MACROS
-from tfhub_spark.params import FOLDER_NAME
+from tfhub_spark.params import FOLDER_NAME, input_column_params
 from tfhub_spark.run_folder import BLESSING
 from tfhub_spark.sensors.partition import PartitionReadySensor
 
@@ -29,10 +28,7 @@ from tfhub_spark.sensors.partition import PartitionReadySensor
 SCHEDULE = os.environ.get("TFHUB_FINETUNE_SCHEDULE", "0 0 * * *")
 # Seconds between the sensor's checks of a partition that is not complete yet.
 PARTITION_POKE_INTERVAL = int(os.environ.get("TFHUB_PARTITION_POKE_INTERVAL", "60"))
-SENSOR_DEFERRABLE = conf.getboolean("operators", "default_deferrable", fallback=True)
 
-SPARK_CONN_ID = "spark_tfhub"
-WEBHDFS_CONN_ID = "webhdfs_tfhub"
 TRAINING_POOL = "tfhub_training"
 
 ROOT = "{{ var.json.tfhub_pipeline.storage_root }}"
@@ -102,9 +98,7 @@ PARAMS = {
                                    "record's id is a digest of its text)."),
     "label_column": Param("label", type="string", minLength=1,
                           description="Tables and manifests: column of the label."),
-    "image_column": Param("image", type="string", minLength=1,
-                          description="parquet layout, images: column of the encoded image bytes."),
-    "text_column": Param("text", type="string", minLength=1, description="Text tables: column of the text."),
+    **input_column_params(),
     "labels": Param(None, type=["null", "string"],
                     description="The declared labels, comma-separated; records with any other label are bad "
                                 "(unknown_label). Empty: any label."),
@@ -173,79 +167,70 @@ PARAMS = {
 }
 
 
+# The fine-tuning operator's options, each the Param of its name (image_size left out when empty).
+TUNING = {**{name: "{{ params." + name + " }}" for name in ("num_workers", "epochs", "batch_size", "learning_rate",
+                                                             "fine_tune", "module_lr_scale", "max_restarts")},
+          "image_size": "{{ params.image_size or '' }}"}
+# A table has no raw folder: its readiness is the catalog's, and prep fails on a partition with no rows.
+NO_RAW_FOLDER = "{{ 'layout table reads a Spark SQL table, not a raw folder' if params.layout == 'table' else '' }}"
+# The prep and evaluation jobs' options: the run's paths, and the Params of the options' names.
+PREP_ARGS = {"--raw": RAW, "--output": EXAMPLES, "--partition": DS, "--min-shards": "{{ params.num_workers * 2 }}",
+             "--task-type": "{{ params.task_type }}", "--layout": "{{ params.layout }}",
+             "--max-bad-fraction": "{{ params.max_bad_fraction }}",
+             "--new-label-policy": "{{ params.new_label_policy }}",
+             "--target-shard-mb": "{{ params.target_shard_mb }}",
+             "--table": "{{ params.table or '' }}", "--query": "{{ params.query or '' }}",
+             "--partition-column": "{{ params.partition_column or '' }}", "--image-root": IMAGE_ROOT,
+             "--labels-file": "{{ params.labels_file }}", "--id-column": "{{ params.id_column or '' }}",
+             "--label-column": "{{ params.label_column }}", "--image-column": "{{ params.image_column }}",
+             "--text-column": "{{ params.text_column }}", "--labels": "{{ params.labels or '' }}",
+             "--split-fractions": "{{ params.split_fractions }}",
+             "--min-image-side": "{{ params.min_image_side }}", "--max-image-side": "{{ params.max_image_side }}",
+             "--max-image-mb": "{{ params.max_image_mb }}", "--min-text-chars": "{{ params.min_text_chars }}",
+             "--max-text-chars": "{{ params.max_text_chars }}", "--max-text-mb": "{{ params.max_text_mb }}",
+             "--drift-threshold": "{{ params.drift_threshold }}"}
+EVALUATE_ARGS = {"--examples": EXAMPLES, "--run-dir": RUN_DIR, "--serving-root": f"{ROOT}/serving",
+                 "--model-name": MODEL_NAME, "--min-accuracy": "{{ params.min_accuracy }}",
+                 "--min-class-recall": "{{ params.min_class_recall }}",
+                 "--baseline-tolerance": "{{ params.baseline_tolerance }}"}
+
+
 @dag(
     dag_id="tfhub_finetune",
     # A run processes one date partition, its partition_key: the daily run after midnight processes the day that
     # just ended (run_offset -1); backfills and clears select runs by partition date and key.
     schedule=CronPartitionTimetable(SCHEDULE, timezone="UTC", run_offset=-1, key_format=KEY_FORMAT),
-    start_date=dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc),
+    start_date=START_DATE,
     catchup=False,
     max_active_runs=2,
     params=PARAMS,
     user_defined_macros={**MACROS, "default_hub_module": DEFAULT_HUB_MODULES.get},
-    default_args={
-        "retries": 2,
-        "retry_delay": dt.timedelta(minutes=1),
-        "retry_exponential_backoff": True,
-        "max_retry_delay": dt.timedelta(minutes=15),
-        "on_failure_callback": log_failure,
-        "on_retry_callback": log_retry,
-    },
-    tags=["tfhub", "spark", "ml"],
+    default_args=DEFAULT_ARGS,
+    tags=TAGS,
     doc_md=__doc__,
 )
 def tfhub_finetune():
     wait_for_raw_partition = PartitionReadySensor(
         task_id="wait_for_raw_partition",
         path=RAW,
-        # A table has no raw folder: its readiness is the catalog's, and prep fails on a partition with no rows.
-        no_wait_reason="{{ 'layout table reads a Spark SQL table, not a raw folder' if params.layout == 'table' "
-                       "else '' }}",
-        webhdfs_conn_id=WEBHDFS_CONN_ID,
-        deferrable=SENSOR_DEFERRABLE,  # waits in the triggerer; otherwise frees its slot between pokes
-        mode="reschedule",
+        no_wait_reason=NO_RAW_FOLDER,
         poke_interval=PARTITION_POKE_INTERVAL,
-        timeout=12 * 3600,
+        **PARTITION_WAIT,
     )
     prepare_examples = PipelineSparkSubmitOperator(
         task_id="prepare_examples",
         job="prepare_examples",
-        conn_id=SPARK_CONN_ID,
-        webhdfs_conn_id=WEBHDFS_CONN_ID,
-        job_args={"--raw": RAW, "--output": EXAMPLES, "--partition": DS,
-                  "--min-shards": "{{ params.num_workers * 2 }}",
-                  "--task-type": "{{ params.task_type }}", "--layout": "{{ params.layout }}", "--max-bad-fraction": "{{ params.max_bad_fraction }}",
-                  "--new-label-policy": "{{ params.new_label_policy }}",
-                  "--target-shard-mb": "{{ params.target_shard_mb }}",
-                  "--table": "{{ params.table or '' }}", "--query": "{{ params.query or '' }}",
-                  "--partition-column": "{{ params.partition_column or '' }}", "--image-root": IMAGE_ROOT,
-                  "--labels-file": "{{ params.labels_file }}", "--id-column": "{{ params.id_column or '' }}",
-                  "--label-column": "{{ params.label_column }}", "--image-column": "{{ params.image_column }}",
-                  "--text-column": "{{ params.text_column }}", "--labels": "{{ params.labels or '' }}",
-                  "--split-fractions": "{{ params.split_fractions }}",
-                  "--min-image-side": "{{ params.min_image_side }}", "--max-image-side": "{{ params.max_image_side }}",
-                  "--max-image-mb": "{{ params.max_image_mb }}", "--min-text-chars": "{{ params.min_text_chars }}",
-                  "--max-text-chars": "{{ params.max_text_chars }}", "--max-text-mb": "{{ params.max_text_mb }}",
-                  "--drift-threshold": "{{ params.drift_threshold }}"},
+        job_args=PREP_ARGS,
         execution_timeout=dt.timedelta(hours=2),
     )
     finetune = TfHubFinetuneOperator(
         task_id="finetune",
-        conn_id=SPARK_CONN_ID,
-        webhdfs_conn_id=WEBHDFS_CONN_ID,
         pool=TRAINING_POOL,
         examples=EXAMPLES,
         run_dir=RUN_DIR,
         storage_root=ROOT,
         hub_module=HUB_MODULE,
-        num_workers="{{ params.num_workers }}",
-        epochs="{{ params.epochs }}",
-        batch_size="{{ params.batch_size }}",
-        learning_rate="{{ params.learning_rate }}",
-        fine_tune="{{ params.fine_tune }}",
-        module_lr_scale="{{ params.module_lr_scale }}",
-        image_size="{{ params.image_size or '' }}",
-        max_restarts="{{ params.max_restarts }}",
+        **TUNING,
         # Restarts happen inside the task (the barrier stage is relaunched from a checkpoint), so this bounds
         # all attempts together.
         execution_timeout=dt.timedelta(hours=6),
@@ -253,12 +238,7 @@ def tfhub_finetune():
     evaluate = PipelineSparkSubmitOperator(
         task_id="evaluate",
         job="evaluate",
-        conn_id=SPARK_CONN_ID,
-        webhdfs_conn_id=WEBHDFS_CONN_ID,
-        job_args={"--examples": EXAMPLES, "--run-dir": RUN_DIR, "--serving-root": f"{ROOT}/serving",
-                  "--model-name": MODEL_NAME, "--min-accuracy": "{{ params.min_accuracy }}",
-                  "--min-class-recall": "{{ params.min_class_recall }}",
-                  "--baseline-tolerance": "{{ params.baseline_tolerance }}"},
+        job_args=EVALUATE_ARGS,
         execution_timeout=dt.timedelta(hours=1),
     )
 
@@ -275,19 +255,16 @@ def tfhub_finetune():
         approval_timeout="{{ params.approval_timeout }}",
         model_name=MODEL_NAME,
         version=VERSION,
-        webhdfs_conn_id=WEBHDFS_CONN_ID,
     )
 
     export_model = ModelExportOperator(
         task_id="export_model",
-        conn_id=SPARK_CONN_ID,
         run_dir=RUN_DIR,
         examples=EXAMPLES,
         serving_root=f"{ROOT}/serving",
         model_name=MODEL_NAME,
         version=VERSION,
         partition=DS,
-        webhdfs_conn_id=WEBHDFS_CONN_ID,
         outlets=[SERVED_MODEL],
         execution_timeout=dt.timedelta(hours=1),
     )

@@ -225,6 +225,81 @@ class _Files:
         return url
 
 
+def evaluation_response(dag_id: str, run_id: str, dag_params) -> Response:
+    """The run page's Evaluation tab: a redirect to the run's rendered report, or what is missing.
+
+    :param dag_params: ``(dag_run, session) -> dict``, the run's DAG's ``dataset`` and ``partition`` Params.
+    """
+    from sqlalchemy import select
+
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        run = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
+        if run is None:
+            raise HTTPException(404, f"no run {run_id!r} of {dag_id!r}")
+        session.expunge(run)
+        params = dag_params(run, session) if dag_id in EVALUATED_DAGS else {}
+    title = f"Evaluation of {dag_id} / {run_id}"
+    if dag_id not in EVALUATED_DAGS:
+        return HTMLResponse(_PAGE.format(title=html.escape(title), crumbs="", body=(
+            f"<h1>No evaluation</h1><p>Runs of <code>{html.escape(dag_id)}</code> have no evaluation report: "
+            f"the Evaluation tab shows the report of {', '.join(EVALUATED_DAGS)} runs.</p>")))
+    try:
+        folder = run_folder_of(run, params)
+    except ValueError as e:
+        return HTMLResponse(_PAGE.format(title=html.escape(title), crumbs="", body=(
+            f"<h1>No run folder</h1><p>{html.escape(str(e))}</p>")), status_code=404)
+    store = _Files(storage_root())
+    up = "../" * 3  # from /runs/<dag_id>/<run_id>/evaluation to the mount point
+    report = f"{folder}/{REPORT}"
+    if store.hook.exists(store.url(report)):
+        return Response(status_code=307, headers={"Location": f"{up}files/{_href(report)}"})
+    where = (f'<a href="{up}files/{_href(folder)}/">{html.escape(folder)}</a>'
+             if store.hook.exists(store.url(folder)) else f"<code>{html.escape(folder)}</code> (not written yet)")
+    return HTMLResponse(_PAGE.format(title=html.escape(title), crumbs="", body=(
+        f"<h1>No evaluation report yet</h1><p>Run <code>{html.escape(run_id)}</code> "
+        f"(state {html.escape(str(run.state))}) has no report yet: the <code>evaluate</code> task writes "
+        f"<code>{REPORT}</code>, with the confusion matrix and the training curves, into its run folder "
+        f"{where}.</p>")), status_code=404)
+
+
+def file_response(rel: str) -> Response:
+    """A file of the storage root (Markdown rendered, a run report with its links), or a folder's listing."""
+    if not allowed(rel):
+        raise HTTPException(404, f"{rel!r}: the file view serves runs/, <dataset>/runs/ and serving/ under "
+                                 "the storage root, without hidden entries")
+    store = _Files(storage_root())
+    url = store.url(rel)
+    if not store.hook.exists(url):
+        raise HTTPException(404, f"{rel} does not exist (yet)")
+    if store.is_dir(url):
+        if not rel.endswith("/"):  # relative links inside the listing need the slash
+            return Response(status_code=307, headers={"Location": _href(rel.rpartition("/")[2] + "/")})
+        entries = store.hook.list(url)
+        rows = "".join(
+            f'<tr><td><a href="{_href(e.name + ("/" if e.is_dir else ""))}">'
+            f'{html.escape(e.name)}{"/" if e.is_dir else ""}</a></td>'
+            f'<td>{"" if e.is_dir else f"{e.size:,} bytes"}</td></tr>'
+            for e in entries if not e.name.startswith("."))
+        return _page(rel, rel, f"<h1>{html.escape(rel)}</h1><table>{rows}</table>")
+    data = store.hook.read_bytes(url)
+    suffix = PurePosixPath(rel).suffix.lower()
+    if suffix == ".md":
+        head = ""
+        if _is_run_report(rel):
+            pipeline = pipeline_variable()
+            head = run_links(store, rel.rpartition("/")[0], pipeline)
+        return _page(rel, rel, head + render_markdown(data.decode("utf-8", "replace")))
+    if suffix in TEXT_TYPES:
+        return Response(data, headers={"Content-Type": f"{TEXT_TYPES[suffix]}; charset=utf-8"})
+    media = mimetypes.guess_type(rel)[0] or "application/octet-stream"
+    headers = {} if media.startswith("image/") else {
+        "Content-Disposition": f'attachment; filename="{PurePosixPath(rel).name}"'}
+    return Response(data, media_type=media, headers=headers)
+
+
 def create_app() -> FastAPI:
     """The file view's FastAPI application (mounted by the plugin at ``/tfhub``)."""
     from airflow.api_fastapi.core_api.security import DagAccessEntity, requires_access_dag
@@ -244,72 +319,10 @@ def create_app() -> FastAPI:
                                                                          access_entity=DagAccessEntity.RUN))])
     def evaluation(dag_id: str, run_id: str) -> Response:
         """The run page's Evaluation tab: a redirect to the run's rendered report, or what is missing."""
-        from sqlalchemy import select
-
-        from airflow.models.dagrun import DagRun
-        from airflow.utils.session import create_session
-
-        with create_session() as session:
-            run = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
-            if run is None:
-                raise HTTPException(404, f"no run {run_id!r} of {dag_id!r}")
-            session.expunge(run)
-            params = dag_params(run, session) if dag_id in EVALUATED_DAGS else {}
-        title = f"Evaluation of {dag_id} / {run_id}"
-        if dag_id not in EVALUATED_DAGS:
-            return HTMLResponse(_PAGE.format(title=html.escape(title), crumbs="", body=(
-                f"<h1>No evaluation</h1><p>Runs of <code>{html.escape(dag_id)}</code> have no evaluation report: "
-                f"the Evaluation tab shows the report of {', '.join(EVALUATED_DAGS)} runs.</p>")))
-        try:
-            folder = run_folder_of(run, params)
-        except ValueError as e:
-            return HTMLResponse(_PAGE.format(title=html.escape(title), crumbs="", body=(
-                f"<h1>No run folder</h1><p>{html.escape(str(e))}</p>")), status_code=404)
-        store = _Files(storage_root())
-        up = "../" * 3  # from /runs/<dag_id>/<run_id>/evaluation to the mount point
-        report = f"{folder}/{REPORT}"
-        if store.hook.exists(store.url(report)):
-            return Response(status_code=307, headers={"Location": f"{up}files/{_href(report)}"})
-        where = (f'<a href="{up}files/{_href(folder)}/">{html.escape(folder)}</a>'
-                 if store.hook.exists(store.url(folder)) else f"<code>{html.escape(folder)}</code> (not written yet)")
-        return HTMLResponse(_PAGE.format(title=html.escape(title), crumbs="", body=(
-            f"<h1>No evaluation report yet</h1><p>Run <code>{html.escape(run_id)}</code> "
-            f"(state {html.escape(str(run.state))}) has no report yet: the <code>evaluate</code> task writes "
-            f"<code>{REPORT}</code>, with the confusion matrix and the training curves, into its run folder "
-            f"{where}.</p>")), status_code=404)
+        return evaluation_response(dag_id, run_id, dag_params)
 
     @app.get("/files/{rel:path}", dependencies=[Depends(requires_access_dag(method="GET"))])
     def files(rel: str) -> Response:
-        if not allowed(rel):
-            raise HTTPException(404, f"{rel!r}: the file view serves runs/, <dataset>/runs/ and serving/ under "
-                                     "the storage root, without hidden entries")
-        store = _Files(storage_root())
-        url = store.url(rel)
-        if not store.hook.exists(url):
-            raise HTTPException(404, f"{rel} does not exist (yet)")
-        if store.is_dir(url):
-            if not rel.endswith("/"):  # relative links inside the listing need the slash
-                return Response(status_code=307, headers={"Location": _href(rel.rpartition("/")[2] + "/")})
-            entries = store.hook.list(url)
-            rows = "".join(
-                f'<tr><td><a href="{_href(e.name + ("/" if e.is_dir else ""))}">'
-                f'{html.escape(e.name)}{"/" if e.is_dir else ""}</a></td>'
-                f'<td>{"" if e.is_dir else f"{e.size:,} bytes"}</td></tr>'
-                for e in entries if not e.name.startswith("."))
-            return _page(rel, rel, f"<h1>{html.escape(rel)}</h1><table>{rows}</table>")
-        data = store.hook.read_bytes(url)
-        suffix = PurePosixPath(rel).suffix.lower()
-        if suffix == ".md":
-            head = ""
-            if _is_run_report(rel):
-                pipeline = pipeline_variable()
-                head = run_links(store, rel.rpartition("/")[0], pipeline)
-            return _page(rel, rel, head + render_markdown(data.decode("utf-8", "replace")))
-        if suffix in TEXT_TYPES:
-            return Response(data, headers={"Content-Type": f"{TEXT_TYPES[suffix]}; charset=utf-8"})
-        media = mimetypes.guess_type(rel)[0] or "application/octet-stream"
-        headers = {} if media.startswith("image/") else {
-            "Content-Disposition": f'attachment; filename="{PurePosixPath(rel).name}"'}
-        return Response(data, media_type=media, headers=headers)
+        return file_response(rel)
 
     return app

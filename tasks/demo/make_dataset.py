@@ -20,12 +20,11 @@ import hashlib
 import io
 import logging
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from tasks.core import run_folder
+from tasks.core import run_folder, runtime
 from tasks.io import storage
 from tasks.demo import shapes
 
@@ -90,6 +89,14 @@ def new_partition(raw_root: str, ds: str) -> tuple[str, Path]:
     return part_url, part
 
 
+def complete_partition(part_url: str, part: Path, what: str) -> str:
+    """Marks the partition written (``_SUCCESS``, last: see ``new_partition``), logs ``what`` it holds and returns
+    its URL."""
+    (part / run_folder.SUCCESS).write_bytes(b"")
+    log.info("wrote %s to %s", what, part_url)
+    return part_url
+
+
 def encode(img, fmt: str, rng: np.random.Generator) -> bytes:
     buf = io.BytesIO()
     if fmt == "JPEG":
@@ -121,14 +128,11 @@ def run(cfg: Config) -> str:
         w.writerow(["path", "label"])
         for k in order:
             w.writerow(rows[k])
-    (part / run_folder.SUCCESS).write_bytes(b"")
-    log.info("wrote %d images of %d classes to %s", cfg.num_images, len(cfg.classes), part_url)
-    return part_url
+    return complete_partition(part_url, part, f"{cfg.num_images} images of {len(cfg.classes)} classes")
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    print(run(parse_args(sys.argv[1:] if argv is None else argv)))
+    print(runtime.run_application(parse_args, run, argv, log))
 
 
 if __name__ == "__main__":

@@ -17,13 +17,12 @@ from __future__ import annotations
 import csv
 import dataclasses
 import logging
-import sys
 
 import numpy as np
 
-from tasks.core import run_folder
+from tasks.core import runtime
 from tasks.demo import text
-from tasks.demo.make_dataset import new_partition, partition_parser, seed_for
+from tasks.demo.make_dataset import complete_partition, new_partition, partition_parser, seed_for
 
 log = logging.getLogger(__name__)
 
@@ -103,14 +102,11 @@ def run(cfg: Config) -> str:
     rows = documents(cfg)
     part_url, part = new_partition(cfg.raw_root, cfg.ds)
     {"csv": _write_csv, "parquet": _write_parquet, "folders": _write_folders}[cfg.layout](rows, part)
-    (part / run_folder.SUCCESS).write_bytes(b"")
-    log.info("wrote %d texts of %d classes as %s to %s", cfg.num_docs, len(cfg.classes), cfg.layout, part_url)
-    return part_url
+    return complete_partition(part_url, part, f"{cfg.num_docs} texts of {len(cfg.classes)} classes as {cfg.layout}")
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    print(run(parse_args(sys.argv[1:] if argv is None else argv)))
+    print(runtime.run_application(parse_args, run, argv, log))
 
 
 if __name__ == "__main__":

@@ -166,15 +166,12 @@ def pretext_examples(encoder, cfg: Config) -> tuple[np.ndarray, np.ndarray, np.n
     return np.concatenate(values), np.asarray(lengths, np.int64), np.asarray(targets, np.int64)
 
 
-def pretrain(encoder, cfg: Config) -> dict:
-    """Trains the encoder on the masked-word task; returns the held-out examples' metrics."""
+def pretext_steps(encoder, cfg: Config, targets: np.ndarray):
+    """The masked-word task's output layer over the encoder, and its compiled ``train_step(vals, lens, y)`` (one
+    Adam step; the batch's mean loss) and ``eval_step(vals, lens, y)`` (the batch's summed loss and hits)."""
     import tensorflow as tf
 
-    t0 = time.time()
-    values, lengths, targets = pretext_examples(encoder, cfg)
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     n = len(targets)
-    log.info("made %d masked-word examples from %d sentences in %.1fs", n, cfg.pretext_sentences, time.time() - t0)
     out_kernel = tf.Variable(tf.zeros((cfg.feature_dim, cfg.num_buckets)), name="pretext_kernel")
     # Starting the output bias at the log frequency of the held-out words leaves the module's vectors nothing to
     # learn but what the context says: otherwise its first steps go into a common direction that predicts the
@@ -204,6 +201,18 @@ def pretrain(encoder, cfg: Config) -> dict:
         loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
         hits = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, axis=1), y), tf.float32))
         return loss, hits
+
+    return train_step, eval_step
+
+
+def pretrain(encoder, cfg: Config) -> dict:
+    """Trains the encoder on the masked-word task; returns the held-out examples' metrics."""
+    t0 = time.time()
+    values, lengths, targets = pretext_examples(encoder, cfg)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    n = len(targets)
+    log.info("made %d masked-word examples from %d sentences in %.1fs", n, cfg.pretext_sentences, time.time() - t0)
+    train_step, eval_step = pretext_steps(encoder, cfg, targets)
 
     def batch(idx):
         vals = np.concatenate([values[starts[i]:starts[i] + lengths[i]] for i in idx])

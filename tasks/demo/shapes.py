@@ -99,43 +99,67 @@ def draw(kind: str, rng: np.random.Generator, size: int) -> Image.Image:
         inner = _rotated_polygon(cx, cy, r * 0.5, 5, angle + math.pi / 5)
         d.polygon([p for pair in zip(outer, inner) for p in pair], fill=fg)
     elif kind == "ellipse":
-        e = Image.new("L", (size, size), 0)
-        ImageDraw.Draw(e).ellipse([cx - r * 1.2, cy - r * 0.55, cx + r * 1.2, cy + r * 0.55], fill=255)
-        e = e.rotate(math.degrees(angle), center=(cx, cy))
-        img.paste(Image.new("RGB", (size, size), fg), (0, 0), e)
+        _paste_ellipse(img, cx, cy, r, angle, fg)
     elif kind == "bar":
-        c, s_ = math.cos(angle), math.sin(angle)
-        hw, hh = r * 1.2, r * 0.22
-        d.polygon([(cx + x * c - y * s_, cy + x * s_ + y * c) for x, y in ((-hw, -hh), (hw, -hh), (hw, hh), (-hw, hh))],
-                  fill=fg)
-    elif kind == "stripes":
-        orientation = int(rng.integers(0, 3))  # horizontal, vertical, diagonal
-        period = int(size * rng.uniform(0.12, 0.25))
-        offset = int(rng.integers(0, period))
-        sign = 1 if rng.random() < 0.5 else -1
-        for k in range(-2 * size, 2 * size, period):
-            k += offset
-            if orientation == 0:
-                d.rectangle([0, k, size, k + period // 2], fill=fg)
-            elif orientation == 1:
-                d.rectangle([k, 0, k + period // 2, size], fill=fg)
-            else:
-                d.polygon([(k, 0), (k + period // 2, 0), (k + period // 2 + sign * size, size), (k + sign * size, size)],
-                          fill=fg)
-    elif kind == "checkerboard":
-        cell = int(size * rng.uniform(0.12, 0.25))
-        for i in range(0, size, cell):
-            for j in range(0, size, cell):
-                if (i // cell + j // cell) % 2 == 0:
-                    d.rectangle([i, j, i + cell - 1, j + cell - 1], fill=fg)
-    elif kind == "dots":
-        for _ in range(int(rng.integers(6, 14))):
-            x, y = rng.uniform(0, size, size=2)
-            rr = size * rng.uniform(0.03, 0.07)
-            d.ellipse([x - rr, y - rr, x + rr, y + rr], fill=fg)
+        d.polygon(_bar(cx, cy, r, angle), fill=fg)
+    elif kind in _TEXTURES:
+        _TEXTURES[kind](d, rng, size, fg)
     else:
         raise ValueError(f"unknown shape kind {kind!r}; expected one of {TARGET_CLASSES + PRETEXT_CLASSES}")
+    return _blur_and_noise(img, rng)
 
+
+def _paste_ellipse(img: Image.Image, cx: float, cy: float, r: float, angle: float, fg) -> None:
+    size = img.size[0]
+    e = Image.new("L", (size, size), 0)
+    ImageDraw.Draw(e).ellipse([cx - r * 1.2, cy - r * 0.55, cx + r * 1.2, cy + r * 0.55], fill=255)
+    e = e.rotate(math.degrees(angle), center=(cx, cy))
+    img.paste(Image.new("RGB", (size, size), fg), (0, 0), e)
+
+
+def _bar(cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
+    c, s_ = math.cos(angle), math.sin(angle)
+    hw, hh = r * 1.2, r * 0.22
+    return [(cx + x * c - y * s_, cy + x * s_ + y * c) for x, y in ((-hw, -hh), (hw, -hh), (hw, hh), (-hw, hh))]
+
+
+def _stripes(d: ImageDraw.ImageDraw, rng: np.random.Generator, size: int, fg) -> None:
+    orientation = int(rng.integers(0, 3))  # horizontal, vertical, diagonal
+    period = int(size * rng.uniform(0.12, 0.25))
+    offset = int(rng.integers(0, period))
+    sign = 1 if rng.random() < 0.5 else -1
+    for k in range(-2 * size, 2 * size, period):
+        k += offset
+        if orientation == 0:
+            d.rectangle([0, k, size, k + period // 2], fill=fg)
+        elif orientation == 1:
+            d.rectangle([k, 0, k + period // 2, size], fill=fg)
+        else:
+            d.polygon([(k, 0), (k + period // 2, 0), (k + period // 2 + sign * size, size), (k + sign * size, size)],
+                      fill=fg)
+
+
+def _checkerboard(d: ImageDraw.ImageDraw, rng: np.random.Generator, size: int, fg) -> None:
+    cell = int(size * rng.uniform(0.12, 0.25))
+    for i in range(0, size, cell):
+        for j in range(0, size, cell):
+            if (i // cell + j // cell) % 2 == 0:
+                d.rectangle([i, j, i + cell - 1, j + cell - 1], fill=fg)
+
+
+def _dots(d: ImageDraw.ImageDraw, rng: np.random.Generator, size: int, fg) -> None:
+    for _ in range(int(rng.integers(6, 14))):
+        x, y = rng.uniform(0, size, size=2)
+        rr = size * rng.uniform(0.03, 0.07)
+        d.ellipse([x - rr, y - rr, x + rr, y + rr], fill=fg)
+
+
+_TEXTURES = {"stripes": _stripes, "checkerboard": _checkerboard, "dots": _dots}
+"""Kinds that cover the image with a pattern rather than draw one shape."""
+
+
+def _blur_and_noise(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Sometimes a slight blur, always Gaussian pixel noise of a random strength."""
     if rng.random() < 0.5:
         img = img.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.2, 1.0))))
     arr = np.asarray(img, dtype=np.float32)

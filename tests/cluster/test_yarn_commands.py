@@ -63,6 +63,22 @@ def conf_args(conf: dict) -> list[str]:
     return [a for k, v in conf.items() for a in ("--conf", f"{k}={v}")]
 
 
+def cluster_mode_tail(job: str, tmp_path) -> list[str]:
+    """What follows the Spark conf on a YARN cluster-mode command line, up to the application's own options."""
+    return [
+        # yarn_track_via_rm_api: spark-submit returns once YARN accepted the application; Airflow polls the RM.
+        "--conf", "spark.yarn.submit.waitAppCompletion=false",
+        # The driver's WebHDFS settings (the ApplicationMaster's environment), from the webhdfs connection.
+        "--conf", "spark.yarn.appMasterEnv.TFHUB_WEBHDFS_URL=http://namenode:9870",
+        "--conf", "spark.yarn.appMasterEnv.TFHUB_WEBHDFS_USER=airflow",
+        "--py-files", str(tmp_path / "tasks.zip"),
+        "--name", f"tfhub-{job}",
+        "--queue", "tfhub",
+        "--deploy-mode", "cluster",
+        str(ROOT / "tasks" / f"{job}.py"),
+    ]
+
+
 def test_prepare_examples_submits_to_yarn_in_cluster_mode(monkeypatch, tmp_path):
     pipeline = deploy(monkeypatch)
     op = PipelineSparkSubmitOperator(task_id="prepare_examples", job="prepare_examples", conn_id="spark_tfhub",
@@ -74,18 +90,10 @@ def test_prepare_examples_submits_to_yarn_in_cluster_mode(monkeypatch, tmp_path)
         *conf_args(pipeline["spark_conf"]),
         "--conf", "spark.executorEnv.TF_USE_LEGACY_KERAS=1",
         "--conf", "spark.yarn.appMasterEnv.TF_USE_LEGACY_KERAS=1",
-        # The jobs' WebHDFS settings, from the webhdfs connection: the executors' here, the driver's below.
+        # The jobs' WebHDFS settings, from the webhdfs connection: the executors' here, the driver's in the tail.
         "--conf", "spark.executorEnv.TFHUB_WEBHDFS_URL=http://namenode:9870",
         "--conf", "spark.executorEnv.TFHUB_WEBHDFS_USER=airflow",
-        # yarn_track_via_rm_api: spark-submit returns once YARN accepted the application; Airflow polls the RM.
-        "--conf", "spark.yarn.submit.waitAppCompletion=false",
-        "--conf", "spark.yarn.appMasterEnv.TFHUB_WEBHDFS_URL=http://namenode:9870",
-        "--conf", "spark.yarn.appMasterEnv.TFHUB_WEBHDFS_USER=airflow",
-        "--py-files", str(tmp_path / "tasks.zip"),
-        "--name", "tfhub-prepare_examples",
-        "--queue", "tfhub",
-        "--deploy-mode", "cluster",
-        str(ROOT / "tasks" / "prepare_examples.py"),
+        *cluster_mode_tail("prepare_examples", tmp_path),
         "--raw", "hdfs://namenode:8020/tfhub/raw/ds=2026-11-20",
         "--output", "hdfs://namenode:8020/tfhub/examples/ds=2026-11-20",
         "--min-shards", "4",
@@ -118,14 +126,7 @@ def test_finetune_command_line_on_yarn(monkeypatch, tmp_path):
     assert cmd == [
         "spark-submit", "--master", "yarn",
         *conf_args(conf),
-        "--conf", "spark.yarn.submit.waitAppCompletion=false",
-        "--conf", "spark.yarn.appMasterEnv.TFHUB_WEBHDFS_URL=http://namenode:9870",
-        "--conf", "spark.yarn.appMasterEnv.TFHUB_WEBHDFS_USER=airflow",
-        "--py-files", str(tmp_path / "tasks.zip"),
-        "--name", "tfhub-finetune",
-        "--queue", "tfhub",
-        "--deploy-mode", "cluster",
-        str(ROOT / "tasks" / "finetune.py"),
+        *cluster_mode_tail("finetune", tmp_path),
         "--examples", EXAMPLES, "--run-dir", RUN_DIR, "--storage-root", "hdfs://namenode:8020/tfhub",
         "--hub-module", "hub/shapes_fv_32", "--num-workers", "2", "--epochs", "15", "--batch-size", "32",
         "--learning-rate", "0.002", "--fine-tune", "true",

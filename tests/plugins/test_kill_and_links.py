@@ -14,9 +14,9 @@ import pytest
 
 from tfhub_spark.links import (EvaluationReportLink, PublishedVersionLink, SparkApplicationLink, TensorBoardLink,
                                TrainingCurvesLink, files_url)
+from tfhub_spark.hooks.spark_submit import ProcessTreeSparkSubmitHook
 from tfhub_spark.operators.approval import ModelApprovalOperator
-from tfhub_spark.operators.spark_job import (ModelExportOperator, PipelineSparkSubmitOperator,
-                                             ProcessTreeSparkSubmitHook, TfHubFinetuneOperator)
+from tfhub_spark.operators.spark_job import ModelExportOperator, PipelineSparkSubmitOperator, TfHubFinetuneOperator
 
 ROOT = Path(__file__).resolve().parents[2]
 

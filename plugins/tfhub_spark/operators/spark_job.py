@@ -1,61 +1,35 @@
-"""Operators that run the pipeline's spark-submit applications from ``tasks/``."""
+"""Operators that run the pipeline's spark-submit applications from ``tasks/``.
+
+``PipelineSparkSubmitOperator`` owns the submission: the deployment's Spark conf and submit options, the jobs'
+WebHDFS settings, the command line, the Spark application's link; ``TfHubFinetuneOperator`` and
+``ModelExportOperator`` add what only their job needs. Crash safety (fencing an older attempt) is in
+``attempt_fencing.py``, the provider hook's adapter in ``hooks/spark_submit.py``, the ``tasks`` archive in
+``tasks_package.py``.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import socket
+import re
 import tempfile
-import time
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import re
-
-import psutil
-from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import Variable
 
-from tfhub_spark import fencing
+from tfhub_spark.hooks.spark_submit import ProcessTreeSparkSubmitHook
 from tfhub_spark.links import (REVIEW_LINKS, PublishedVersionLink, SparkApplicationLink, TensorBoardLink,
                                TrainingCurvesLink, api_base_url, files_url)
+from tfhub_spark.operators.attempt_fencing import AttemptFencingMixin
 from tfhub_spark.run_folder import PUBLISHED, TENSORBOARD
+from tfhub_spark.tasks_package import DEFAULT_TASKS_DIR, build_tasks_zip
 
 PIPELINE_VARIABLE = "tfhub_pipeline"
 """The Airflow Variable (JSON) holding the storage root, model name and Spark conf of the deployment."""
-
-DEFAULT_TASKS_DIR = Path(__file__).resolve().parents[3] / "tasks"
-
-EXCLUDED_FROM_ZIP = ("demo",)
-"""Folders of ``tasks/`` that no spark-submit application imports, left out of the archive."""
-
-
-def build_tasks_zip(tasks_dir: Path, dest_dir: str) -> str:
-    """Zips the ``tasks`` package for ``--py-files`` so drivers and executors import the same code.
-
-    The demo inputs (``tasks/demo/``: generated data sets and hub modules, run by hand or by ``make``) stay out:
-    no application imports them. Entries are sorted and carry a fixed timestamp, so the same sources give the same archive.
-
-    :param tasks_dir: the ``tasks`` package folder.
-    :param dest_dir: where to write ``tasks.zip``.
-    :return: the archive's path.
-    """
-    if not (tasks_dir / "__init__.py").exists():
-        raise FileNotFoundError(f"{tasks_dir} is not the tasks package (no __init__.py); set tasks_dir")
-    out = os.path.join(dest_dir, "tasks.zip")
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(tasks_dir.rglob("*.py")):
-            if "__pycache__" in path.parts or path.relative_to(tasks_dir).parts[0] in EXCLUDED_FROM_ZIP:
-                continue
-            info = zipfile.ZipInfo(str(Path("tasks") / path.relative_to(tasks_dir)), date_time=(2020, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            zf.writestr(info, path.read_bytes())
-    return out
-
 
 _SPARK_UI = re.compile(r"Bound SparkUI to .*, and started at (https?://\S+)")
 _YARN_APP = re.compile(r"(application_\d+_\d+)")
@@ -64,58 +38,8 @@ _YARN_APP = re.compile(r"(application_\d+_\d+)")
 _STANDALONE_APP = re.compile(r"Connected to Spark cluster with app ID (app-\d+-\d+)")
 
 
-class ProcessTreeSparkSubmitHook(SparkSubmitHook):
-    """``SparkSubmitHook`` that reports what spark-submit prints, and whose ``on_kill`` leaves no process behind.
 
-    The provider's ``on_kill`` SIGKILLs the spark-submit JVM. In client and local mode the JVM's children live on:
-    PySpark's daemon puts itself and its Python workers (our TensorFlow workers) in a process group of their own,
-    so they survive their parent and keep training. This hook records the whole process tree first, then lets
-    the provider kill spark-submit (and the YARN or standalone driver), then terminates every remaining
-    descendant, SIGKILLing what has not exited after ``grace_seconds``.
-    """
-
-    grace_seconds = 10.0
-    on_line = None  # callable(line) set by the operator
-    on_submit = None  # callable(psutil.Process of spark-submit) set by the operator
-
-    def _process_spark_submit_log(self, itr) -> None:
-        if self.on_submit is not None and self._submit_sp is not None:
-            try:
-                self.on_submit(psutil.Process(self._submit_sp.pid))
-            except psutil.NoSuchProcess:
-                pass
-
-        def tapped():
-            for line in itr:
-                if self.on_line is not None:
-                    self.on_line(line)
-                yield line
-
-        super()._process_spark_submit_log(tapped())
-
-    def on_kill(self) -> None:
-        tree: list[psutil.Process] = []
-        if self._submit_sp is not None and self._submit_sp.poll() is None:
-            try:
-                tree = psutil.Process(self._submit_sp.pid).children(recursive=True)
-            except psutil.NoSuchProcess:
-                pass
-        super().on_kill()
-        for proc in tree:
-            try:
-                proc.terminate()
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(tree, timeout=self.grace_seconds)
-        for proc in alive:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-        self.log.info("stopped spark-submit and %d descendant processes (%d needed SIGKILL)", len(tree), len(alive))
-
-
-class PipelineSparkSubmitOperator(SparkSubmitOperator):
+class PipelineSparkSubmitOperator(AttemptFencingMixin, SparkSubmitOperator):
     """Runs ``tasks/<job>.py`` with ``spark-submit``, the ``tasks`` package on ``--py-files``.
 
     The deployment's Spark settings come from the ``spark_conf`` of the pipeline Variable, read when the task
@@ -180,7 +104,14 @@ class PipelineSparkSubmitOperator(SparkSubmitOperator):
             "spark.yarn.appMasterEnv.TF_USE_LEGACY_KERAS": "1",
         }
 
+    #: The job's options that are the operator's own (typed, templated) arguments, in command-line order; a
+    #: subclass names them. ``job_args`` comes after them and wins.
+    JOB_OPTIONS: tuple[str, ...] = ()
+
     def build_application_args(self) -> list[str]:
+        if self.JOB_OPTIONS:
+            self.job_args = {**{"--" + name.replace("_", "-"): getattr(self, name) for name in self.JOB_OPTIONS},
+                             **(self.job_args or {})}
         args: list[str] = []
         for flag, value in (self.job_args or {}).items():
             if value is None or value == "":
@@ -270,7 +201,7 @@ class PipelineSparkSubmitOperator(SparkSubmitOperator):
         archive = build_tasks_zip(self.resolved_tasks_dir, zip_dir)
         self.py_files = ",".join(p for p in (archive, self.py_files) if p)
 
-    def _get_hook(self) -> SparkSubmitHook:
+    def _get_hook(self) -> ProcessTreeSparkSubmitHook:
         hook = super()._get_hook()
         # Same hook, same state: only on_kill and the log tap differ (see ProcessTreeSparkSubmitHook).
         hook.__class__ = ProcessTreeSparkSubmitHook
@@ -278,188 +209,6 @@ class PipelineSparkSubmitOperator(SparkSubmitOperator):
         hook.on_submit = self._submitted
         return hook
 
-    # --- crash safety: the attempt's identity, fencing an older attempt, the attempt token --------------------
-
-    #: seconds an older attempt's processes get to exit after SIGTERM, before SIGKILL.
-    fence_grace_seconds = 10.0
-    #: seconds to wait for a killed YARN application to reach a final state.
-    fence_yarn_timeout_s = 120.0
-    #: seconds to wait for the Spark standalone Master to end an older attempt's application.
-    fence_standalone_timeout_s = 120.0
-    attempt: fencing.Attempt | None = None
-    _submission: dict[str, Any] | None = None
-
-    def fenced_run_dir(self) -> str | None:
-        """The run folder this job commits to (its ``--run-dir``), which the attempt token fences; None for jobs
-        without one (``prepare_examples``: its older attempts' processes are still stopped)."""
-        run_dir = (self.job_args or {}).get("--run-dir")
-        return str(run_dir) if run_dir else None
-
-    def apply_attempt(self, context) -> None:
-        """Marks the application with this attempt: its name, its YARN tags, the environment of its driver and
-        executors (``TFHUB_ATTEMPT``, and ``TFHUB_ATTEMPT_TOKEN`` when there is a run folder)."""
-        self.attempt = attempt = fencing.Attempt.from_context(context)
-        run_dir = self.fenced_run_dir()
-        self.token_url = fencing.token_url(run_dir, attempt) if run_dir else None
-        base_name = re.sub(r" \[.*\]$", "", self.name)  # an earlier execution's attempt goes
-        self.name = f"{base_name} [{attempt.label()}]"
-        env = {fencing.ATTEMPT_ENV: attempt.to_json()}
-        if self.token_url:
-            env[fencing.TOKEN_ENV] = self.token_url
-        for key, value in env.items():
-            self.conf[f"spark.executorEnv.{key}"] = value
-        # The deployment's own tags stay; an earlier execution's attempt tags (an operator object reused) go.
-        tags = [t for t in str(self.conf.get("spark.yarn.tags") or "").split(",")
-                if t and not t.startswith("airflow_")]
-        self.conf["spark.yarn.tags"] = ",".join([*tags, attempt.yarn_tags()])
-        if super()._get_hook()._should_track_driver_status:
-            # Standalone cluster mode (JVM applications only) takes no driver environment (the provider refuses
-            # env_vars there): the executors carry the attempt.
-            self.log.info("standalone cluster mode: the attempt goes to the executors' environment only")
-        else:
-            self.env_vars = {**(self.env_vars or {}), **env}
-        self.log.info("attempt %s; attempt token %s", attempt.label(), self.token_url or "none (no run folder)")
-
-    def _task_state_store(self):
-        return self._context.get("task_state_store") if self._context is not None else None
-
-    def _record(self, **fields: Any) -> None:
-        """Adds ``fields`` to this attempt's submission record in the task state store, where the next attempt
-        looks for what this one started."""
-        self._submission = {**(self._submission or {}), **fields}
-        store = self._task_state_store()
-        if store is not None:
-            from airflow.sdk.execution_time.context import NEVER_EXPIRE
-
-            store.set(fencing.SUBMISSION_KEY, self._submission, retention=NEVER_EXPIRE)
-
-    def _submitted(self, proc: psutil.Process) -> None:
-        self._record(host=socket.getfqdn(), submit_pid=proc.pid, submit_started=proc.create_time())
-        self.log.info("spark-submit of %s: pid %d on %s", self.attempt.label() if self.attempt else "?", proc.pid,
-                      socket.getfqdn())
-
-    def _storage_hook(self):
-        from tfhub_spark.hooks.storage import StorageHook
-
-        return StorageHook(webhdfs_conn_id=self.webhdfs_conn_id)
-
-    def fence_previous(self, context) -> None:
-        """Stops what an older attempt of this task instance left running, and waits until it is gone.
-
-        On this host: the recorded spark-submit and its process tree, and every process whose ``TFHUB_ATTEMPT``
-        names another attempt of this task instance, or of this task on the same run folder (a rerun of the date
-        while a crashed run's application still runs: it would write the same folder); the driver's and
-        PySpark's children survive their spark-submit. On YARN: the recorded application, killed through the ResourceManager. A spark-submit
-        recorded on another host is out of reach: the log says so, and the attempt token fences it.
-        """
-        store = context.get("task_state_store")
-        record = store.get(fencing.SUBMISSION_KEY) if store is not None else None
-        previous = (fencing.Attempt.from_json(json.dumps(record["attempt"]))
-                    if record and record.get("attempt") else None)
-        if previous is None and self.token_url:  # no task state store: the token names the last attempt
-            token = fencing.read_token(self._storage_hook(), self.token_url)
-            if token:
-                previous = fencing.Attempt.from_json(json.dumps(token))
-                record = {"host": token.get("host"), "attempt": token}
-        procs = fencing.other_attempts_processes(self.attempt, self.token_url)
-        if record and (recorded := fencing.recorded_process(record)) is not None \
-                and recorded.pid not in {p.pid for p in procs}:
-            procs.append(recorded)
-        # The attempts these processes belong to: their application on a standalone Master is waited for below.
-        other_ids = {a.id for a in (fencing.attempt_of(p)[0] for p in procs) if a is not None}
-        if previous is not None:
-            other_ids.add(previous.id)
-        if procs:
-            who = previous.label() if previous else "an older attempt"
-            self.log.warning("%s left %d processes running (%s); stopping them before this attempt starts",
-                             who, len(procs), ", ".join(f"{p.pid}" for p in procs))
-            t0 = time.monotonic()
-            stopped, killed = fencing.stop_processes(procs, self.fence_grace_seconds)
-            self.log.warning("fenced %s: stopped %d processes %s (%d needed SIGKILL) in %.1fs; none is left",
-                             who, len(stopped), stopped, len(killed), time.monotonic() - t0)
-        elif record and record.get("submit_pid") and record.get("host") != socket.getfqdn():
-            self.log.warning("%s ran spark-submit on %s (pid %s), out of reach from %s: if it still runs, the "
-                             "attempt token refuses its commits", previous.label() if previous else "an older attempt",
-                             record.get("host"), record.get("submit_pid"), socket.getfqdn())
-        if record and (app_id := record.get("yarn_application_id")):
-            self._fence_yarn_application(app_id, previous)
-        self._fence_standalone_application(previous, other_ids, (record or {}).get("standalone_app_id"))
-        if previous is not None and not procs:
-            self.log.info("older attempt %s: nothing of it runs on this host", previous.label())
-
-    def _fence_yarn_application(self, app_id: str, previous: fencing.Attempt | None) -> None:
-        hook = self._hook or self._get_hook()
-        who = previous.label() if previous else "an older attempt"
-        try:
-            status = hook.query_yarn_application_status(app_id)
-        except (RuntimeError, ValueError) as e:
-            raise RuntimeError(f"{self.task_id}: cannot tell whether YARN application {app_id} of {who} still runs "
-                               f"({e}); set yarn_resourcemanager_webapp_address in connection {self._conn_id!r}, or "
-                               f"kill the application by hand (yarn application -kill {app_id}) and clear the "
-                               f"task") from e
-        if status.upper() not in {"NEW", "NEW_SAVING", "SUBMITTED", "ACCEPTED", "RUNNING"}:
-            self.log.info("YARN application %s of %s has ended (%s)", app_id, who, status)
-            return
-        self.log.warning("YARN application %s of %s is %s: killing it through the ResourceManager", app_id, who,
-                         status)
-        hook._kill_yarn_application(app_id)
-        deadline = time.monotonic() + self.fence_yarn_timeout_s
-        while time.monotonic() < deadline:
-            status = hook.query_yarn_application_status(app_id)
-            if status.upper() not in {"NEW", "NEW_SAVING", "SUBMITTED", "ACCEPTED", "RUNNING"}:
-                self.log.warning("fenced %s: YARN application %s is %s", who, app_id, status)
-                return
-            time.sleep(2)
-        raise RuntimeError(f"{self.task_id}: YARN application {app_id} of {who} still {status} "
-                           f"{self.fence_yarn_timeout_s:.0f}s after it was killed; not starting a second one")
-
-    def _fence_standalone_application(self, previous: fencing.Attempt | None, other_ids: set[str],
-                                      app_id: str | None) -> None:
-        """On a Spark standalone Master: waits until the Master runs no application of an older attempt (its
-        ``activeapps``: the application id the older attempt recorded, or the attempt in an application's name).
-        Stopping the driver above ends it: the Master then has its Workers kill the executors, on every host. An
-        executor the Master started on this host while the driver was being stopped is stopped afterwards."""
-        hook = self._hook or self._get_hook()
-        master = str(hook._connection.get("master") or "")
-        if not master.startswith("spark://"):
-            return
-        webui = fencing.standalone_webui_url(master, hook.get_connection(hook._conn_id).extra_dejson)
-        try:
-            apps, waited = fencing.wait_standalone_apps_gone(webui, self.attempt, other_ids,
-                                                             self.fence_standalone_timeout_s,
-                                                             app_ids={app_id} if app_id else set())
-        except OSError as e:
-            self.log.warning("cannot ask the Spark Master's web UI %s whether an older attempt's application still "
-                             "runs (%s): set %s in connection %r; the attempt token refuses its commits", webui, e,
-                             fencing.STANDALONE_WEBUI_EXTRA, self._conn_id)
-            return
-        if not apps:
-            self.log.info("the Spark Master (%s) runs no application of an older attempt", webui)
-            return
-        self.log.warning("fenced on the Spark Master: application %s gone from %s/json/ activeapps after %.1fs",
-                         ", ".join(f"{a.get('id')} ({a.get('name')})" for a in apps), webui, waited)
-        if left := fencing.other_attempts_processes(self.attempt, self.token_url):
-            stopped, killed = fencing.stop_processes(left, self.fence_grace_seconds)
-            self.log.warning("fenced processes the Master started for an older attempt meanwhile: stopped %s (%d "
-                             "needed SIGKILL)", stopped, len(killed))
-
-    def claim_run(self, context) -> None:
-        """Fences an older attempt, then makes this attempt the owner of the run folder (the attempt token) and
-        records it in the task state store; called right before this attempt submits its own application."""
-        self.fence_previous(context)
-        if self.token_url:
-            fencing.write_token(self._storage_hook(), self.token_url, self.attempt)
-            self.log.info("attempt token %s now names %s", self.token_url, self.attempt.label())
-        self._record(attempt=json.loads(self.attempt.to_json()), token=self.token_url, host=socket.getfqdn(),
-                     submit_pid=None, submit_started=None, yarn_application_id=None, standalone_app_id=None)
-
-    def reattaches(self) -> bool:
-        """Whether this mode goes through the provider's ``ResumableJobMixin`` (which reconnects to a running
-        application recorded by an older attempt rather than submitting): YARN cluster mode tracked through the
-        ResourceManager, Spark standalone cluster mode, Kubernetes."""
-        hook = self._hook
-        return bool(hook._should_track_driver_status or hook._should_track_driver_via_k8s_api()
-                    or (hook._is_yarn_cluster_mode and hook._yarn_track_via_rm_api))
 
     def submit_job(self, context):
         # The provider's resumable path calls this only when it submits a new application (none to reattach to).
@@ -480,7 +229,7 @@ class PipelineSparkSubmitOperator(SparkSubmitOperator):
             url = m.group(1)
         elif (m := _YARN_APP.search(line)) and not getattr(self, "spark_app_url", "") and self._hook is not None:
             try:
-                url = f"{self._hook._get_yarn_rm_base_url()}/cluster/app/{m.group(1)}"
+                url = f"{self._hook.yarn_rm_base_url()}/cluster/app/{m.group(1)}"
             except ValueError:  # the connection does not name the ResourceManager's web address
                 url = None
         if url and url != getattr(self, "spark_app_url", ""):
@@ -495,7 +244,7 @@ class PipelineSparkSubmitOperator(SparkSubmitOperator):
             self.prepare_submit(context, tmp)
             self._hook = self._get_hook()
             # The provider refuses this only when it submits; refuse it before the attempt claims the run folder.
-            if self._hook._is_yarn_cluster_mode and self.durable and not self._hook._yarn_track_via_rm_api:
+            if self._hook.is_yarn_cluster_mode and self.durable and not self._hook.tracks_yarn_via_rm_api:
                 raise ValueError(f"{self.task_id}: YARN cluster mode with durable=True requires "
                                  f"yarn_track_via_rm_api=True (set {self.pipeline_variable}.submit_options); the "
                                  "ResourceManager's REST API is how a retry finds the application")
@@ -596,11 +345,6 @@ class TfHubFinetuneOperator(PipelineSparkSubmitOperator):
             conf["spark.barrier.sync.timeout"] = str(self.barrier_sync_timeout)
         return conf
 
-    def build_application_args(self) -> list[str]:
-        self.job_args = {**{"--" + name.replace("_", "-"): getattr(self, name) for name in self.JOB_OPTIONS},
-                         **(self.job_args or {})}
-        return super().build_application_args()
-
 
 class ModelExportOperator(PipelineSparkSubmitOperator):
     """Exports the blessed model for TF Serving, publishes it atomically and verifies it (``tasks/export_model.py``).
@@ -636,11 +380,6 @@ class ModelExportOperator(PipelineSparkSubmitOperator):
         self.model_name = model_name
         self.version = version
         self.warmup_records = warmup_records
-
-    def build_application_args(self) -> list[str]:
-        self.job_args = {**{"--" + name.replace("_", "-"): getattr(self, name) for name in self.JOB_OPTIONS},
-                         **(self.job_args or {})}
-        return super().build_application_args()
 
     def execute(self, context) -> dict[str, Any]:
         super().execute(context)
