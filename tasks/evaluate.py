@@ -13,8 +13,9 @@ Writes into ``<run_dir>/``:
 The ``gate`` task reads ``blessing.json``; an unblessed model is not exported.
 
 Both scorings (the candidate on the split, the baseline on the same records) run on the Spark executors through
-the scoring engine (``tasks.serving.scoring``), one Spark task per TFRecord shard, the model loaded once per Python
-worker; the driver only merges the probabilities and computes the metrics (``tasks.serving.evaluation``).
+the scoring engine (``tasks.serving.scoring``), one Spark task per TFRecord shard (the shards of a small split share
+one), the model loaded once per Python worker; the driver, a plain SparkContext (no Spark SQL), only merges the
+probabilities and computes the metrics (``tasks.serving.evaluation``).
 
 Usage::
 
@@ -85,10 +86,7 @@ def run(cfg: Config, spark=None) -> dict:
     (``hdfs://``); outputs are written to ``run_dir`` file by file, each atomically.
     """
     runtime.set_legacy_keras()
-    if spark is None:
-        from pyspark.sql import SparkSession
-
-        spark = SparkSession.builder.appName(f"evaluate {cfg.run_dir}").getOrCreate()
+    spark = scoring.spark_context(spark, f"evaluate {cfg.run_dir}")
     with tempfile.TemporaryDirectory(prefix="evaluate-") as scratch:
         return _run(cfg, Path(scratch), spark)
 

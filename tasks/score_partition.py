@@ -212,16 +212,15 @@ def run(cfg: Config, spark=None) -> dict:
         ScoringError: no published model, a pinned version that is not published, an input that is not ready or
             not of the model's task type, or more bad records than ``max_bad_fraction``.
     """
-    from pyspark.sql import SparkSession
-
     t0 = time.time()
     served = scoring.resolve_served(cfg.serving_root, cfg.model_name, cfg.version)
     cfg = dataclasses.replace(cfg, task_type=served.task_type)
     partition = partition_of(cfg)
-    spark = spark or SparkSession.builder.appName(f"score_partition {cfg.model_name} {partition}").getOrCreate()
-    source, units, total = plan(cfg, served, spark.sparkContext.defaultParallelism)
-    log.info("scoring %s (%d records, %d Spark tasks) with %s version %d (%s, %d labels)", source, total,
-             len(units), cfg.model_name, served.version, served.task_type, len(served.labels))
+    sc = scoring.spark_context(spark, f"score_partition {cfg.model_name} {partition}")
+    source, units, total = plan(cfg, served, sc.defaultParallelism)
+    log.info("scoring %s (%d records, %d units in %d Spark tasks) with %s version %d (%s, %d labels)", source, total,
+             len(units), len(scoring.task_groups(units)), cfg.model_name, served.version, served.task_type,
+             len(served.labels))
     kind = modality.of(served.task_type)
     quarantine = quarantine_url(cfg)
     commit.clean_stale(cfg.output)
@@ -236,7 +235,7 @@ def run(cfg: Config, spark=None) -> dict:
                           column=inputs.input_column(cfg), model_name=cfg.model_name,
                           model_version=served.version, partition=partition)
         t1 = time.time()
-        results = scoring.execute(spark, units, job)
+        results = scoring.execute(sc, units, job)
         wall = max(time.time() - t1, 1e-9)
         scored = sum(s["records"] for s in results)
         bad = outputs.write_quarantine(q_staging, cfg, partition, results, total)

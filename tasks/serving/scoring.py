@@ -2,19 +2,16 @@
 
 Shared by batch scoring (``tasks.score_partition``) and evaluation (``tasks.evaluate``). It owns:
 
-* **which model**: a published version in TF Serving layout (``served``: its ``serving_default`` signature takes
-  inputs as stored, encoded image bytes or texts) or a run's Keras model (``keras``: ``runs/ds=…/model``, fed
-  through ``tasks.training.model.preprocess_batch``, as training and evaluation feed it);
-* **loading it once per Python worker**: ``load_scorer`` keeps a module-level cache keyed by the model's URL, so
-  with ``spark.python.worker.reuse`` (Spark's default, set explicitly by the operators) every task a worker runs
-  after the first scores with the model already in memory; each work unit reports whether it paid the load;
 * **which records**: work units (``Unit``) of a raw partition in any input layout, listed on the driver by
   ``tasks.prep.layouts`` and read and checked on the executors by ``tasks.prep.prep_tasks`` (the same readers and checks as
   data prep), or the TFRecord shards of a prepared split;
-* **the Spark job** (``execute``): one RDD partition per unit, ``mapPartitions`` on the executors, where each unit
-  reads its records where they are, scores the good ones ``batch_size`` at a time, writes its predictions as one
-  Parquet part file and its bad records as one quarantine piece into staging folders (``tasks.io.storage``, so
-  ``file://`` and ``hdfs://``), and returns a small summary (counts, and for evaluation the probabilities).
+* **the Spark job** (``execute``): an RDD ``mapPartitions`` on the executors, one Spark task per unit (units of a
+  small input packed into fewer tasks, ``task_groups``), where each unit reads its records where they are, scores
+  the good ones ``batch_size`` at a time, writes its predictions as one Parquet part file and its bad records as
+  one quarantine piece into staging folders (``tasks.io.storage``, so ``file://`` and ``hdfs://``), and returns a
+  small summary (counts, and for evaluation the probabilities);
+* **which model** and loading it once per Python worker are ``tasks.serving.models``' (re-exported here); each
+  work unit reports whether it paid the load.
 
 Records that fail the checks, and images the model's own decoder refuses (``model_rejected``), are bad: they are
 not scored and go to quarantine with their reason.
@@ -30,23 +27,20 @@ import logging
 import math
 import os
 import pickle
-import tempfile
 import time
 from collections import Counter
 from typing import Iterable, Iterator
 
 import numpy as np
 
-from tasks.core import run_folder, runtime, schema
+from tasks.core import schema
 from tasks.io import commit, storage
 from tasks.prep import image_check, layouts, modality, prep_tasks, tfrecord
+from tasks.serving.models import (KERAS, LABELS_ASSET, PROVENANCE, SERVED, ModelRef, Scorer,  # noqa: F401
+                                  ScoringError, Served, load_scorer, published_versions, resolve_served)
 
 log = logging.getLogger("scoring")
 
-SERVED = "served"
-KERAS = "keras"
-LABELS_ASSET = run_folder.LABELS_ASSET
-PROVENANCE = run_folder.PROVENANCE
 MODEL_REJECTED = "model_rejected"
 """Reason of a record that passed the checks but that the model's decoder refuses."""
 
@@ -54,25 +48,6 @@ PREDICTION_COLUMNS = ("record_id", "label", "predicted_label", "top_probability"
                       "model_version", "partition")
 """Columns of the predictions' Parquet files, in order; ``probabilities`` follows the order of ``labels`` in
 ``_manifest.json`` (and in each file's Parquet metadata)."""
-
-
-class ScoringError(RuntimeError):
-    """A scoring job that cannot run, with the model, partition or setting to look at."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelRef:
-    """A model as the executors load it."""
-
-    url: str
-    """Storage URL of the model folder."""
-    kind: str
-    """``served`` (TF Serving layout) or ``keras`` (a run's ``model/``)."""
-    task_type: str
-    image_size: tuple[int, int] | None = None
-    """(height, width) the Keras model takes; served models resize inside their graph."""
-    threads: int = 0
-    """TensorFlow threads per worker; 0: the Spark task's CPUs (1 when not in a Spark task)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,10 +62,17 @@ class Unit:
     group: int = 0
     rows: tuple[prep_tasks.Planned, ...] = ()
     """The records of a ``table`` or ``files`` unit, as listed."""
+    records: int = 0
+    """The record count of a ``tfrecord`` unit (its manifest entry's); 0: unknown."""
 
     @property
     def size(self) -> int:
         return sum(r.size for r in self.rows)
+
+    @property
+    def count(self) -> int:
+        """Records in the unit: as listed, or as the manifest counts them; 0: unknown."""
+        return len(self.rows) or self.records
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,114 +110,6 @@ class Job:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Models: resolved on the driver, loaded once per Python worker.
-
-
-def published_versions(serving_root: str, model_name: str) -> list[int]:
-    """Numeric versions with a complete SavedModel under ``<serving_root>/<model_name>/``, highest last."""
-    folder = storage.join(serving_root, model_name)
-    if not storage.exists(folder):
-        return []
-    return sorted(int(name) for name in storage.list_names(folder)
-                  if name.isdigit() and storage.exists(storage.join(folder, name, "saved_model.pb")))
-
-
-@dataclasses.dataclass(frozen=True)
-class Served:
-    """A published version: where it is, and what its ``assets`` say about it."""
-
-    url: str
-    version: int
-    labels: tuple[str, ...]
-    task_type: str
-    provenance: dict
-
-
-def resolve_served(serving_root: str, model_name: str, version: int = 0) -> Served:
-    """The published version to score with: ``version``, or the highest one when it is 0.
-
-    Raises:
-        ScoringError: nothing is published under that name, or the pinned version is not.
-    """
-    versions = published_versions(serving_root, model_name)
-    if not versions:
-        raise ScoringError(f"no published version of model {model_name!r} under {serving_root} (no numeric folder "
-                           "with a saved_model.pb): publish one with tfhub_finetune, or set model_name")
-    if version and version not in versions:
-        raise ScoringError(f"version {version} of model {model_name!r} is not published under {serving_root}; "
-                           f"published: {versions}")
-    version = version or versions[-1]
-    url = storage.join(serving_root, model_name, str(version))
-    labels = tuple(line for line in storage.read_text(storage.join(url, LABELS_ASSET)).splitlines() if line)
-    prov_url = storage.join(url, PROVENANCE)
-    provenance = json.loads(storage.read_text(prov_url)) if storage.exists(prov_url) else {}
-    return Served(url, version, labels, provenance.get("task_type", modality.IMAGE_CLASSIFICATION), provenance)
-
-
-class Scorer:
-    """A loaded model: ``predict(inputs)`` gives class probabilities for inputs as stored (bytes)."""
-
-    def __init__(self, ref: ModelRef, local_dir: str) -> None:
-        runtime.set_legacy_keras()
-        import tensorflow as tf
-
-        threads = ref.threads or _task_cpus()
-        try:  # only possible before the process's first TensorFlow op; a reused worker already has them set
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(threads)
-        except RuntimeError:
-            pass
-        self.tf, self.ref = tf, ref
-        kind = modality.of(ref.task_type)
-        if ref.kind == SERVED:
-            serve = tf.saved_model.load(local_dir).signatures["serving_default"]
-            takes = sorted(serve.structured_input_signature[1])
-            if kind.serving_input not in takes:
-                raise ScoringError(f"the model {ref.url} takes {takes}, not {kind.serving_input!r}: it is a model of "
-                                   f"another task type than {ref.task_type}")
-            self._fn = lambda batch: serve(**{kind.serving_input: batch})["probabilities"]
-        elif ref.kind == KERAS:
-            from tasks.training import model as M
-
-            model = M.load_trained(local_dir)
-            self._fn = lambda batch: model(M.preprocess_batch(batch, ref.image_size, ref.task_type), training=False)
-        else:
-            raise ValueError(f"unknown model kind {ref.kind!r}; use {SERVED!r} or {KERAS!r}")
-
-    def predict(self, inputs: list[bytes]) -> np.ndarray:
-        return self._fn(self.tf.constant(inputs, dtype=self.tf.string)).numpy()
-
-
-def _task_cpus() -> int:
-    try:
-        from pyspark import TaskContext
-
-        ctx = TaskContext.get()
-        return int(ctx.cpus()) if ctx is not None else 1
-    except ImportError:
-        return 1
-
-
-_SCORERS: dict[tuple[str, str], Scorer] = {}
-_SCRATCH: list[str] = []
-
-
-def load_scorer(ref: ModelRef) -> tuple[Scorer, float | None]:
-    """The model of ``ref``, loaded once per process; returns it and the seconds this call spent loading it (None
-    when it was already loaded)."""
-    key = (ref.url, ref.kind)
-    if key in _SCORERS:
-        return _SCORERS[key], None
-    t0 = time.perf_counter()
-    if not _SCRATCH:
-        _SCRATCH.append(tempfile.mkdtemp(prefix="tfhub-score-"))
-    local = storage.fetch(ref.url, os.path.join(_SCRATCH[0], str(len(_SCORERS))))
-    scorer = Scorer(ref, str(local))
-    _SCORERS[key] = scorer
-    return scorer, time.perf_counter() - t0
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Work units: planned on the driver.
 
 
@@ -265,7 +139,8 @@ def raw_units(raw: layouts.RawPartition, units_hint: int, unit_records: int) -> 
 
 def split_units(manifest: dict, split: str) -> list[Unit]:
     """One unit per TFRecord shard of a prepared split that holds records."""
-    return [Unit(i, "tfrecord", f["name"]) for i, f in enumerate(f for f in manifest["files"][split] if f["records"])]
+    return [Unit(i, "tfrecord", f["name"], records=f["records"])
+            for i, f in enumerate(f for f in manifest["files"][split] if f["records"])]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -418,14 +293,51 @@ def score_unit(unit: Unit, job: Job) -> dict:
 # The Spark job.
 
 
+PACK_RECORDS = 256
+"""Units are packed into one Spark task until it holds this many records. Each Spark task that runs at the same
+time needs a Python worker of its own, and each worker pays ~10 CPU-seconds importing TensorFlow and loading the
+model: for a few hundred records that is more than scoring them costs, so a small input is scored by one worker.
+A unit of this size or more (a real shard, ``unit_records`` files, a row group) is always a task of its own."""
+
+
+def task_groups(units: list[Unit], pack_records: int | None = None) -> list[list[Unit]]:
+    """The units of each Spark task, largest unit first: consecutive units (in that order) share a task while
+    their records add up to at most ``pack_records`` (default ``PACK_RECORDS``; 0: one task per unit); a unit
+    whose count is unknown is a task of its own."""
+    pack_records = PACK_RECORDS if pack_records is None else pack_records
+    groups: list[list[Unit]] = []
+    held = pack_records
+    for u in sorted(units, key=lambda u: (-u.size, u.index)):
+        if u.count and held + u.count <= pack_records:
+            groups[-1].append(u)
+            held += u.count
+        else:
+            groups.append([u])
+            held = u.count if u.count else pack_records
+    return groups
+
+
+def spark_context(spark=None, app_name: str = ""):
+    """The SparkContext of ``spark`` (a SparkSession or a SparkContext), or the application's own, named
+    ``app_name``. The scoring job is a plain RDD job: a SparkSession would start Spark SQL in the driver's JVM for
+    nothing (6-10 s before the first job, on 2 cores)."""
+    if spark is not None:
+        return getattr(spark, "sparkContext", spark)
+    from pyspark import SparkConf, SparkContext
+
+    return SparkContext.getOrCreate(SparkConf().setAppName(app_name))
+
+
 def _score_partition(specs: Iterable[bytes], job: Job) -> Iterator[bytes]:
     for spec in specs:
-        yield pickle.dumps(score_unit(pickle.loads(spec), job))
+        for unit in pickle.loads(spec):
+            yield pickle.dumps(score_unit(unit, job))
 
 
 def execute(spark, units: list[Unit], job: Job) -> list[dict]:
-    """Scores every unit on the executors, one Spark task per unit (largest first); returns the summaries by
-    unit index. Each task receives its own unit in its partition (not the whole plan in the closure).
+    """Scores every unit on the executors, one Spark task per unit (largest first) or per group of small units
+    (``task_groups``); returns the summaries by unit index. Each task receives its own units in its partition (not
+    the whole plan in the closure). ``spark``: a SparkSession or a SparkContext.
 
     A plain RDD ``mapPartitions``, not a DataFrame ``mapInArrow``: a unit is one small row in and one small
     summary out (the records are read on the executor and scored there in batches of ``batch_size``), so Arrow
@@ -433,8 +345,8 @@ def execute(spark, units: list[Unit], job: Job) -> list[dict]:
     tens of seconds more on its first use in an executor (measured on 8 units of 500 records)."""
     if not units:
         return []
-    order = sorted(units, key=lambda u: (-u.size, u.index))
-    specs = spark.sparkContext.parallelize([pickle.dumps(u) for u in order], len(order))
+    groups = task_groups(units)
+    specs = spark_context(spark).parallelize([pickle.dumps(g) for g in groups], len(groups))
     rows = specs.mapPartitions(lambda part: _score_partition(part, job)).collect()
     results = sorted((pickle.loads(r) for r in rows), key=lambda s: s["index"])
     if [s["index"] for s in results] != [u.index for u in units]:

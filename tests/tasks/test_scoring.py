@@ -8,6 +8,7 @@ module: its accuracy does not matter, only that Spark gives the same numbers as 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -181,3 +182,38 @@ def test_evaluation_on_the_executors_gives_the_in_process_metrics(prepared_demo_
     assert blessing["baseline"]["version"] == 20261119
     assert blessing["baseline"]["accuracy"] == pytest.approx(accuracy, abs=1e-9)
     assert blessing["baseline"]["num_examples"] == len(images)
+
+
+def test_small_units_share_a_spark_task_and_real_ones_do_not():
+    """Packing: a small input is one Spark task (one Python worker importing TensorFlow), a unit of real size is a
+    task of its own, and a unit whose record count is unknown is never packed."""
+    small = [scoring.Unit(i, "tfrecord", f"s{i}", records=30) for i in range(4)]
+    assert [[u.index for u in g] for g in scoring.task_groups(small)] == [[0, 1, 2, 3]]
+    assert [[u.index for u in g] for g in scoring.task_groups(small, pack_records=60)] == [[0, 1], [2, 3]]
+    assert [[u.index for u in g] for g in scoring.task_groups(small, pack_records=0)] == [[0], [1], [2], [3]]
+    real = [scoring.Unit(i, "tfrecord", f"r{i}", records=scoring.PACK_RECORDS) for i in range(3)]
+    assert [[u.index for u in g] for g in scoring.task_groups(real)] == [[0], [1], [2]]
+    unknown = [scoring.Unit(0, "tfrecord", "a"), scoring.Unit(1, "tfrecord", "b", records=1),
+               scoring.Unit(2, "tfrecord", "c")]
+    assert [[u.index for u in g] for g in scoring.task_groups(unknown)] == [[0], [1], [2]]
+    split = scoring.split_units({"files": {"test": [{"name": "a", "records": 7}, {"name": "b", "records": 0},
+                                                    {"name": "c", "records": 5}]}}, "test")
+    assert [(u.file, u.count) for u in split] == [("a", 7), ("c", 5)]
+
+
+def test_one_spark_task_per_unit_gives_the_same_predictions(scored, spark, tmp_path, monkeypatch):
+    """The small partition above ran as one packed Spark task; unpacked, one task per unit, every part file, the
+    counts and the quarantine are the same."""
+    root, _, stats = scored
+    assert stats["model_load"]["units"] >= 2 and stats["model_load"]["workers"] == 1
+    monkeypatch.setattr(scoring, "PACK_RECORDS", 0)
+    out = tmp_path / "unpacked"
+    unpacked = S.run(dataclasses.replace(cfg(root, DS), output=f"file://{out}/predictions/shapes/ds={DS}"), spark)
+    assert unpacked["records"] == stats["records"] and unpacked["predicted"] == stats["predicted"]
+    assert unpacked["bad_reasons"] == stats["bad_reasons"]
+    assert unpacked["model_load"]["units"] == stats["model_load"]["units"]
+    packed_dir, unpacked_dir = root / "predictions" / "shapes" / f"ds={DS}", out / "predictions" / "shapes" / f"ds={DS}"
+    parts = sorted(p.name for p in packed_dir.glob("part-*.parquet"))
+    assert parts == sorted(p.name for p in unpacked_dir.glob("part-*.parquet")) and len(parts) >= 2
+    for name in parts:
+        pd.testing.assert_frame_equal(pd.read_parquet(packed_dir / name), pd.read_parquet(unpacked_dir / name))
