@@ -50,7 +50,8 @@ prelude.spark_in_this_process()
 
 NUM_IMAGES = int(os.environ.get("BENCH_PREP_IMAGES", "20000"))
 BENCH_DIR = Path(os.environ.get("BENCH_PREP_DIR", ROOT / "var" / "bench"))
-DS = "ds=2026-01-01"
+PARTITION = "2026-01-01"
+DS = f"ds={PARTITION}"
 CLASSES = ("cat", "dog", "bird", "fish", "horse", "car", "plane", "ship")
 BAD_EVERY = 400  # one bad file in 400: corrupt, truncated or empty, in turn
 
@@ -144,7 +145,8 @@ def tree_cpu_seconds() -> float:
 def run_ours(spark, raw: Path, out: Path):
     from tasks import prepare_examples as P
 
-    cfg = P.Config(raw=f"file://{raw}", output=f"file://{out}/examples/{DS}", max_bad_fraction=0.05)
+    cfg = P.Config(raw=f"file://{raw}", output=f"file://{out}/examples/{DS}", partition=PARTITION,
+                   max_bad_fraction=0.05)
     cpu, t = tree_cpu_seconds(), time.time()
     manifest = P.run(cfg, spark)
     return time.time() - t, tree_cpu_seconds() - cpu, manifest
@@ -163,7 +165,7 @@ def run_baseline(raw: Path, out: Path, tf) -> tuple[float, float, int, float]:
     from tasks import prepare_examples as P
 
     t, cpu = time.time(), time.process_time()
-    cfg = P.Config(raw=f"file://{raw}", output=f"file://{out}/examples/{DS}")
+    cfg = P.Config(raw=f"file://{raw}", output=f"file://{out}/examples/{DS}", partition=PARTITION)
     _, plan = P.plan_partition(cfg)
     bounds = image_check.Bounds(cfg.min_image_side, cfg.max_image_side, cfg.max_image_bytes)
     dest = out / "examples" / DS

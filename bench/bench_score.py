@@ -146,7 +146,7 @@ def main() -> None:
         out = Path(tmp) / "predictions" / "bench" / f"ds={DS}"
         t1 = time.perf_counter()
         stats = S.run(S.Config(raw=f"file://{raw}", output=f"file://{out}", serving_root=f"file://{BENCH_DIR}/serving",
-                               model_name="bench", quarantine=f"file://{tmp}/quarantine"), spark)
+                               model_name="bench", partition=DS, quarantine=f"file://{tmp}/quarantine"), spark)
         ours = time.perf_counter() - t1
         spark.stop()
         load = stats["model_load"]

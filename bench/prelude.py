@@ -122,7 +122,8 @@ def prepared_examples(work: Path, examples: Path, ds: str, num_images: int, py_f
         say(f"generating {num_images} images and preparing them with Spark")
         make_dataset.run(make_dataset.Config(raw_root=f"file://{raw}", ds=ds, num_images=num_images, **images))
         spark_submit("prepare_examples.py", ["--raw", f"file://{raw}/ds={ds}", "--output", f"file://{examples}",
-                                             "--min-shards", "4"], {}, py_files, work / "prepare.log")
+                                             "--partition", ds, "--min-shards", "4"], {}, py_files,
+                     work / "prepare.log")
     return examples
 
 

@@ -6,8 +6,9 @@ Input ``<raw>/`` in one of these layouts (``--layout``, see ``tasks.prep.layouts
 producer has finished. Or ``--layout table``: the rows of a Spark SQL table or query (``--table``/``--query``,
 filtered to the partition by ``:ds`` in the query or ``--partition-column``), with no folder and no marker.
 
-``--partition YYYY-MM-DD`` is the partition's date (the DAG passes its run's partition key); without it, the date
-is read off the folder names (``ds=YYYY-MM-DD``), so ``--raw`` names the partition of a table.
+``--partition YYYY-MM-DD`` (required) is the partition's date: the DAG passes its run's partition key, and every
+partition-keyed name (the quarantine folder, the day before's statistics, a table's filter) is built from it,
+never read back from folder names.
 
 ``--task-type`` (``tasks.prep.modality``) says what a record is. Every record is checked: an image decodes and its size
 is within bounds (``tasks.prep.image_check``), a text is UTF-8, not blank and not too long; its label is known.
@@ -56,12 +57,11 @@ Usage (spark-submit with the ``tasks`` package on ``--py-files``)::
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import logging
-import re
 import time
 
 from tasks.core import run_folder, runtime, schema
+from tasks.core.partition import date_problem
 from tasks.io import commit, storage
 from tasks.prep import image_check, layouts, modality, outputs, prep_stats, prep_tasks, tfrecord, vocabulary
 from tasks.prep.inputs import input_column, input_name, list_input, partition_name, quarantine_url, vocabulary_url
@@ -82,11 +82,10 @@ class Config:
     """Storage URL of the raw partition folder."""
     output: str
     """Storage URL of the prepared dataset folder for this partition."""
-    partition: str = ""
+    partition: str
     """The partition's date, ``YYYY-MM-DD`` (the DAG passes its run's partition key): the table layout's filter
     value and ``:ds``, the day before's stats for label drift, the quarantine folder ``quarantine/ds=<date>`` and the
-    partition recorded in the manifest. Empty: the date is read off the folder names (``--raw``'s and ``--output``'s
-    ``ds=YYYY-MM-DD``), for direct spark-submit use."""
+    partition recorded in the manifest."""
     task_type: str = modality.IMAGE_CLASSIFICATION
     """``image_classification`` or ``text_classification`` (``tasks.prep.modality``); written into the manifest, where
     the later stages read it."""
@@ -193,13 +192,8 @@ def parse_args(argv: list[str]) -> Config:
     for name in ("max_bad_fraction", "drift_threshold"):
         if not 0 <= getattr(a, name) <= 1:
             p.error(f"--{name.replace('_', '-')} must be within [0, 1], got {getattr(a, name)}")
-    if a.partition:
-        try:
-            if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", a.partition):
-                raise ValueError("not of the form YYYY-MM-DD")
-            dt.date.fromisoformat(a.partition)
-        except ValueError as e:
-            p.error(f"--partition {a.partition!r} is not a date YYYY-MM-DD: {e}")
+    if problem := date_problem(a.partition):
+        p.error(problem)
     for k in ("raw", "output", "vocabulary", "quarantine", "previous_stats", "image_root"):
         problem = storage.check_segments(getattr(a, k), f"--{k.replace('_', '-')}")
         if problem:

@@ -37,6 +37,7 @@ import time
 from collections import Counter
 
 from tasks.core import run_folder, runtime, schema
+from tasks.core.partition import date_problem
 from tasks.io import commit, storage
 from tasks.prep import image_check, inputs, layouts, modality, outputs, prep_stats
 from tasks.serving import scoring
@@ -55,6 +56,9 @@ class Config:
     """Storage URL of the serving root."""
     model_name: str
     """Model folder under the serving root."""
+    partition: str
+    """The partition's date, ``YYYY-MM-DD``, written in every row (the DAG passes its run's partition key; never
+    read back from folder names)."""
     raw: str = ""
     """Storage URL of a raw partition to score (or ``examples``)."""
     examples: str = ""
@@ -63,8 +67,6 @@ class Config:
     """Split of ``examples`` to score."""
     version: int = 0
     """Published version to score with; 0: the highest published."""
-    partition: str = ""
-    """Partition written in every row; empty: from the input folder's name ``ds=YYYY-MM-DD``."""
     layout: str = "manifest"
     """Layout of ``raw`` (``tasks.prep.layouts.LAYOUTS``)."""
     labels_file: str = "labels.csv"
@@ -104,6 +106,8 @@ def parse_args(argv: list[str]) -> Config:
     for name in ("batch_size", "unit_records"):
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(a, name)}")
+    if problem := date_problem(a.partition):
+        p.error(problem)
     if a.version < 0 or a.threads < 0:
         p.error("--version and --threads must not be negative (0: the highest version, the task's CPUs)")
     for problem in [storage.check_name(a.model_name, "--model-name")] + [
@@ -116,15 +120,6 @@ def parse_args(argv: list[str]) -> Config:
 
 def _name(url: str) -> str:
     return url.rstrip("/").rpartition("/")[2]
-
-
-def partition_of(cfg: Config) -> str:
-    if cfg.partition:
-        return cfg.partition
-    name = _name(cfg.raw or cfg.examples)
-    if not name.startswith("ds="):
-        raise scoring.ScoringError(f"{cfg.raw or cfg.examples} is not named ds=YYYY-MM-DD: set --partition")
-    return name[3:]
 
 
 def quarantine_url(cfg: Config) -> str:
@@ -215,7 +210,7 @@ def run(cfg: Config, spark=None) -> dict:
     t0 = time.time()
     served = scoring.resolve_served(cfg.serving_root, cfg.model_name, cfg.version)
     cfg = dataclasses.replace(cfg, task_type=served.task_type)
-    partition = partition_of(cfg)
+    partition = cfg.partition
     sc = scoring.spark_context(spark, f"score_partition {cfg.model_name} {partition}")
     source, units, total = plan(cfg, served, sc.defaultParallelism)
     log.info("scoring %s (%d records, %d units in %d Spark tasks) with %s version %d (%s, %d labels)", source, total,

@@ -378,8 +378,8 @@ def prepared_demo_dataset(tmp_path_factory, request) -> PreparedDataset:
     def build(root: Path) -> None:
         data = PreparedDataset(root, DEMO_DS, 600, 4)
         make_partition(root / "raw", data.ds, data.num_images)
-        P.run(P.Config(raw=f"file://{data.raw}", output=f"file://{data.examples}", min_shards=data.min_shards),
-              request.getfixturevalue("spark"))
+        P.run(P.Config(raw=f"file://{data.raw}", output=f"file://{data.examples}", partition=data.ds,
+                       min_shards=data.min_shards), request.getfixturevalue("spark"))
 
     return PreparedDataset(built_once(tmp_path_factory, "prepared-demo", build), DEMO_DS, 600, 4)
 

@@ -47,7 +47,7 @@ def required_argv(job: str) -> list[str]:
     for f in dataclasses.fields(job_module(job).Config):
         if f.default is dataclasses.MISSING:
             value = "shapes" if f.name == "model_name" else "20261120" if f.type == "int" else \
-                f"file:///srv/tfhub/{f.name}"
+                "2026-11-20" if f.name == "partition" else f"file:///srv/tfhub/{f.name}"
             argv += ["--" + f.name.replace("_", "-"), value]
     if job == "score_partition":
         argv += ["--raw", "file:///srv/tfhub/raw/ds=2026-11-20"]

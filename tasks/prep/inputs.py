@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import re
 
 from tasks.core import run_folder, schema
 from tasks.io import storage
@@ -24,10 +23,6 @@ def _parent(url: str) -> str:
     return url.rstrip("/").rpartition("/")[0]
 
 
-def _name(url: str) -> str:
-    return url.rstrip("/").rpartition("/")[2]
-
-
 def id_column(cfg) -> str:
     """The id column: as set, or ``id`` in text tables and ``path`` otherwise."""
     if cfg.id_column:
@@ -36,10 +31,10 @@ def id_column(cfg) -> str:
     return "id" if text_table else "path"
 
 
-def partition_name(cfg, folder: str | None = None) -> str:
-    """The partition as the stage's records name it, ``ds=YYYY-MM-DD``: ``--partition``; without it, the name of
-    ``folder`` (default ``--raw``), as direct spark-submit users name their folders."""
-    return f"ds={cfg.partition}" if cfg.partition else _name(folder or cfg.raw)
+def partition_name(cfg) -> str:
+    """The partition as the stage's records and folders name it, ``ds=YYYY-MM-DD``, from ``--partition`` (never
+    read back from a path)."""
+    return f"ds={cfg.partition}"
 
 
 def table_input(cfg, partition: str) -> table_layout.TableInput:
@@ -67,17 +62,14 @@ def quarantine_url(cfg) -> str:
     root = _parent(_parent(cfg.output))
     if not root or root.endswith(":/") or root.endswith(":"):
         raise PrepError(f"--output {cfg.output} has no grandparent folder to put quarantine/ in; set --quarantine")
-    return storage.join(root, "quarantine", partition_name(cfg, cfg.output))
+    return storage.join(root, "quarantine", partition_name(cfg))
 
 
 def previous_stats_url(cfg) -> tuple[str | None, str]:
     """The previous partition's ``stats.json`` URL (None if unknown) and a name for it in messages."""
     if cfg.previous_stats:
         return cfg.previous_stats, cfg.previous_stats
-    m = re.fullmatch(r"ds=(\d{4}-\d{2}-\d{2})", partition_name(cfg, cfg.output))
-    if not m:
-        return None, "no --partition, the output is not named ds=YYYY-MM-DD and --previous-stats is not set"
-    previous = f"ds={dt.date.fromisoformat(m.group(1)) - dt.timedelta(days=1)}"
+    previous = f"ds={dt.date.fromisoformat(cfg.partition) - dt.timedelta(days=1)}"
     return storage.join(_parent(cfg.output), previous, run_folder.STATS), previous
 
 

@@ -81,7 +81,7 @@ def prepared_on_hdfs(minihadoop: MiniHadoop, local_config, small_hub_module: Pat
                                          conn_id="spark_tfhub", webhdfs_conn_id="webhdfs_tfhub",
                                          job_args={"--raw": f"{root}/raw/ds={PARTITION}",
                                                    "--output": f"{root}/examples/ds={PARTITION}",
-                                                   "--min-shards": 2})
+                                                   "--partition": PARTITION, "--min-shards": 2})
         rc, log, cmd = submit(op, minihadoop, work)
     assert rc == 0, log[-6000:]
     return root, log, cmd

@@ -33,7 +33,8 @@ def trained(spark, small_hub_module, tmp_path_factory):
     examples = f"file://{root}/examples/ds=2026-11-20"
     # An eval split of 9 records: the workers' shares of 5 and 4 take 2 and 1 batches of 4, the case where
     # filling the larger share's steps by repeating the smaller one would score records twice.
-    P.run(P.Config(raw=f"file://{raw}", output=examples, min_shards=2, split_fractions=(0.55, 0.2, 0.25)), spark)
+    P.run(P.Config(raw=f"file://{raw}", output=examples, partition="2026-11-20", min_shards=2,
+                   split_fractions=(0.55, 0.2, 0.25)), spark)
     run_dir = f"file://{root}/runs/ds=2026-11-20"
     cfg = F.Config(examples=examples, run_dir=run_dir, storage_root=f"file://{root}",
                    hub_module=str(small_hub_module), num_workers=2, epochs=2, batch_size=8, fine_tune=True)

@@ -473,7 +473,7 @@ def test_a_failing_worker_traceback_is_in_the_driver_log_and_the_stage_is_relaun
 
     raw = make_partition(tmp_path / "raw", "2026-11-20", num_images=40)
     examples = tmp_path / "examples" / "ds=2026-11-20"
-    P.run(P.Config(raw=f"file://{raw}", output=f"file://{examples}", min_shards=2), spark)
+    P.run(P.Config(raw=f"file://{raw}", output=f"file://{examples}", partition="2026-11-20", min_shards=2), spark)
     manifest = json.loads((examples / "manifest.json").read_text())
     bad = next(f["name"] for f in manifest["files"]["train"] if f["records"])
     (examples / bad).write_bytes(b"this is not a TFRecord file" * 10)
@@ -505,7 +505,7 @@ def test_a_frozen_worker_is_caught_by_the_watchdog_and_the_relaunched_stage_fini
 
     raw = make_partition(tmp_path / "raw", "2026-11-20", num_images=40)
     examples = tmp_path / "examples" / "ds=2026-11-20"
-    P.run(P.Config(raw=f"file://{raw}", output=f"file://{examples}", min_shards=2), spark)
+    P.run(P.Config(raw=f"file://{raw}", output=f"file://{examples}", partition="2026-11-20", min_shards=2), spark)
     frozen: dict = {}
 
     class Freezer(logging.Handler):

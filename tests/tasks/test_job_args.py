@@ -21,8 +21,10 @@ STORE = "file:///srv/tfhub"
 
 
 @pytest.mark.parametrize("argv, arg", [
-    (["--raw", f"{STORE}/../raw/ds=2026-11-20", "--output", f"{STORE}/examples/ds=2026-11-20"], "--raw"),
-    (["--raw", f"{STORE}/raw/ds=2026-11-20", "--output", f"{STORE}/./examples/ds=2026-11-20"], "--output"),
+    (["--raw", f"{STORE}/../raw/ds=2026-11-20", "--output", f"{STORE}/examples/ds=2026-11-20",
+      "--partition", "2026-11-20"], "--raw"),
+    (["--raw", f"{STORE}/raw/ds=2026-11-20", "--output", f"{STORE}/./examples/ds=2026-11-20",
+      "--partition", "2026-11-20"], "--output"),
 ])
 def test_prep_refuses_dot_segments(argv, arg, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -76,7 +78,8 @@ def test_jobs_fail_at_start_without_the_crc32c_extension(tmp_path):
         except tfrecord.SlowCrc32cError:
             print("executor refused")
         from tasks import prepare_examples as P
-        P.main(["--raw", "file://{tmp_path}/raw/ds=2026-11-20", "--output", "file://{tmp_path}/ex/ds=2026-11-20"])
+        P.main(["--raw", "file://{tmp_path}/raw/ds=2026-11-20", "--output", "file://{tmp_path}/ex/ds=2026-11-20",
+                "--partition", "2026-11-20"])
     """))
     assert res.returncode == 1 and "executor refused" in res.stdout, res.stdout + res.stderr[-3000:]
     assert "SlowCrc32cError: google-crc32c in" in res.stderr and "has no C extension" in res.stderr

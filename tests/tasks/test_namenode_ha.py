@@ -42,7 +42,8 @@ def test_prep_survives_a_namenode_failover_in_its_middle(spark, tmp_path: Path, 
     ha_hdfs.fail_over_after(4, op="OPEN", gap=3)
 
     result = P.run(P.Config(raw=f"hdfs://namenode:8020/store/raw/{raw.name}",
-                            output=f"hdfs://namenode:8020/store/examples/{raw.name}", min_shards=2))
+                            output=f"hdfs://namenode:8020/store/examples/{raw.name}", partition="2026-11-20",
+                            min_shards=2))
 
     assert ha_hdfs.active == 1
     out = ha_hdfs.root / "store" / "examples" / raw.name
@@ -72,7 +73,8 @@ def test_training_survives_a_namenode_failover_in_its_middle(spark, small_hub_mo
     from tasks import finetune as F
 
     raw = make_partition(tmp_path / "raw", "2026-11-20", num_images=40)
-    P.run(P.Config(raw=f"file://{raw}", output=f"file://{tmp_path}/examples", min_shards=2), spark)
+    P.run(P.Config(raw=f"file://{raw}", output=f"file://{tmp_path}/examples", partition="2026-11-20", min_shards=2),
+          spark)
     shutil.copytree(tmp_path / "examples", ha_hdfs.root / "tfhub" / "examples")
     run_dir = ha_hdfs.root / "tfhub" / "runs" / "ds=2026-11-20"
     nn1, nn2 = ha_hdfs.namenode_ports

@@ -26,6 +26,7 @@ from tests.support import partitions as parts
 
 def run_prep(raw_url, output_url, **kw):
     kw.setdefault("min_shards", 1)
+    kw.setdefault("partition", "2026-11-20")  # the date of every partition these tests make
     return P.run(P.Config(raw=raw_url, output=output_url, **kw))
 
 
@@ -174,13 +175,13 @@ def staged_files(folder):
 
 def test_a_killed_prep_leaves_no_partial_output_and_a_rerun_one_complete_copy(spark, tmp_path):
     raw = make_partition(tmp_path / "raw", "2026-11-20", num_images=120)
-    P.run(P.Config(raw=f"file://{raw}", output=f"file://{tmp_path}/reference/examples/{raw.name}", min_shards=4),
-          spark)
+    P.run(P.Config(raw=f"file://{raw}", output=f"file://{tmp_path}/reference/examples/{raw.name}",
+                   partition="2026-11-20", min_shards=4), spark)
     reference = tfrecords(tmp_path / "reference" / "examples" / raw.name)
 
     examples = tmp_path / "store" / "examples"
     cmd = [sys.executable, "-m", "tasks.prepare_examples", "--raw", f"file://{raw}", "--output",
-           f"file://{examples}/{raw.name}", "--min-shards", "4"]
+           f"file://{examples}/{raw.name}", "--partition", "2026-11-20", "--min-shards", "4"]
     env = {**os.environ, "PYSPARK_SUBMIT_ARGS": "--master local[2] --conf spark.ui.enabled=false "
                                                 "--conf spark.python.worker.reuse=false pyspark-shell"}
     with open(tmp_path / "killed.log", "wb") as log:
@@ -197,7 +198,8 @@ def test_a_killed_prep_leaves_no_partial_output_and_a_rerun_one_complete_copy(sp
     assert written, f"no shard appeared before the run ended:\n{(tmp_path / 'killed.log').read_text()[-3000:]}"
     assert not (examples / raw.name).exists()  # nothing committed: no partial output visible
 
-    P.run(P.Config(raw=f"file://{raw}", output=f"file://{examples}/{raw.name}", min_shards=4), spark)
+    P.run(P.Config(raw=f"file://{raw}", output=f"file://{examples}/{raw.name}", partition="2026-11-20", min_shards=4),
+          spark)
     assert tfrecords(examples / raw.name) == reference
     assert sorted(p.name for p in examples.iterdir()) == ["_vocabulary", raw.name]
     assert sorted(p.name for p in (tmp_path / "store" / "quarantine").iterdir()) == [raw.name]

@@ -19,7 +19,8 @@ def test_a_corrupt_previous_stats_is_named_unreadable_with_its_location(spark, t
     previous.write_text('{"partition": "ds=2026-11-19", "labels": {"circle": 3')  # cut off mid-write
     raw = make_partition(tmp_path / "raw", "2026-11-20", num_images=8)
     with caplog.at_level(logging.INFO, logger="prepare_examples"):
-        P.run(P.Config(raw=f"file://{raw}", output=f"file://{tmp_path}/examples/{raw.name}", min_shards=1), spark)
+        P.run(P.Config(raw=f"file://{raw}", output=f"file://{tmp_path}/examples/{raw.name}", partition="2026-11-20",
+                       min_shards=1), spark)
     drift = json.loads((tmp_path / "examples" / raw.name / P.STATS).read_text())["label_drift"]
     assert drift["previous"] is None and drift["unreadable"] is True
     assert drift["note"].startswith(f"previous statistics file://{previous} are unreadable: not UTF-8 JSON (")

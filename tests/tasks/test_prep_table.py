@@ -62,7 +62,7 @@ def test_a_query_joining_a_label_table_is_prepared_like_the_same_rows_in_parquet
     query = (f"SELECT i.id, l.class AS label, i.image FROM {DB}.images i LEFT JOIN {DB}.labels l "
              "ON l.image_id = i.id WHERE i.ds = :ds")
     out = tmp_path / "examples" / f"ds={DS}"
-    manifest = P.run(P.Config(raw=f"file://{tmp_path}/raw/ds={DS}", output=f"file://{out}", layout="table",
+    manifest = P.run(P.Config(raw=f"file://{tmp_path}/raw/ds={DS}", partition=DS, output=f"file://{out}", layout="table",
                               query=query, id_column="id", max_bad_fraction=0.5, min_shards=2), spark)
 
     records = parts.read_tfrecords(out.glob("*.tfrecord"))
@@ -83,7 +83,7 @@ def test_a_query_joining_a_label_table_is_prepared_like_the_same_rows_in_parquet
     pq_raw = tmp_path / "pq" / "raw" / f"ds={DS}"
     spark.sql(query, args={"ds": DS}).write.parquet(str(pq_raw))
     pq_out = tmp_path / "pq" / "examples" / f"ds={DS}"
-    P.run(P.Config(raw=f"file://{pq_raw}", output=f"file://{pq_out}", layout="parquet", id_column="id",
+    P.run(P.Config(raw=f"file://{pq_raw}", output=f"file://{pq_out}", partition=DS, layout="parquet", id_column="id",
                    max_bad_fraction=0.5, min_shards=2), spark)
     assert tfrecords(out) == tfrecords(pq_out)
     assert quarantined(tmp_path / "pq" / "quarantine" / f"ds={DS}") == quarantined(
@@ -108,7 +108,7 @@ def test_a_table_of_image_paths_filtered_by_its_partition_column(spark, catalog,
         ("yesterday", "2026/00.png", "circle", day - dt.timedelta(days=1)),
     ], "id string, file string, label string, ds date")
     out = tmp_path / "examples" / f"ds={DS}"
-    manifest = P.run(P.Config(raw=f"file://{tmp_path}/raw/ds={DS}", output=f"file://{out}", layout="table",
+    manifest = P.run(P.Config(raw=f"file://{tmp_path}/raw/ds={DS}", partition=DS, output=f"file://{out}", layout="table",
                               table=f"{DB}.image_paths", partition_column="ds", image_root=f"file://{root}",
                               id_column="id", image_column="file", max_bad_fraction=0.5, min_shards=1), spark)
     records = parts.read_tfrecords(out.glob("*.tfrecord"))
@@ -125,7 +125,7 @@ def test_a_text_table_with_integer_ids(spark, catalog, tmp_path):
     insert(spark, f"{DB}.texts", [*((i, t, topic) for i, (t, topic) in texts.items()), (99, "   ", "sports")],
            "id bigint, body string, topic string")
     out = tmp_path / "examples" / f"ds={DS}"
-    manifest = P.run(P.Config(raw=f"file://{tmp_path}/raw/ds={DS}", output=f"file://{out}", layout="table",
+    manifest = P.run(P.Config(raw=f"file://{tmp_path}/raw/ds={DS}", partition=DS, output=f"file://{out}", layout="table",
                               task_type="text_classification", table=f"{DB}.texts", text_column="body",
                               label_column="topic", max_bad_fraction=0.2, min_shards=1), spark)
     records = parts.read_tfrecords(out.glob("*.tfrecord"))
@@ -139,7 +139,7 @@ def test_bad_table_input_is_named_in_the_error(spark, catalog, tmp_path):
     spark.sql(f"CREATE TABLE {DB}.t (id STRING, image BINARY, path STRING, n INT) USING parquet")
 
     def prep(**kw):
-        return P.run(P.Config(raw=f"file://{tmp_path}/raw/ds={DS}", output=f"file://{tmp_path}/ex/ds={DS}",
+        return P.run(P.Config(raw=f"file://{tmp_path}/raw/ds={DS}", partition=DS, output=f"file://{tmp_path}/ex/ds={DS}",
                               layout="table", id_column="id", **kw), spark)
 
     with pytest.raises(PrepError, match=rf"--table {DB}\.missing: not readable from the Spark catalog"):
@@ -158,10 +158,10 @@ def test_bad_table_input_is_named_in_the_error(spark, catalog, tmp_path):
     with pytest.raises(PrepError, match=f"gives no rows for partition ds={DS}"):
         prep(query=f"SELECT id, image, path AS label FROM {DB}.t")
     with pytest.raises(SystemExit):
-        P.parse_args(["--raw", "file:///r/ds=x", "--output", "file:///o/ds=x", "--layout", "table"])
+        P.parse_args(["--raw", "file:///r/ds=x", "--output", "file:///o/ds=x", "--partition", DS, "--layout", "table"])
     with pytest.raises(SystemExit):
-        P.parse_args(["--raw", "file:///r/ds=x", "--output", "file:///o/ds=x", "--table", "t"])
-    cfg = P.parse_args(["--raw", "file:///r/ds=x", "--output", "file:///o/ds=x", "--layout", "table", "--query",
+        P.parse_args(["--raw", "file:///r/ds=x", "--output", "file:///o/ds=x", "--partition", DS, "--table", "t"])
+    cfg = P.parse_args(["--raw", "file:///r/ds=x", "--output", "file:///o/ds=x", "--partition", DS, "--layout", "table", "--query",
                         "SELECT 1", "--partition-column", "ds", "--image-root", "file:///images"])
     assert (cfg.query, cfg.partition_column, cfg.image_root) == ("SELECT 1", "ds", "file:///images")
     assert "table" in layouts.LAYOUTS
@@ -178,7 +178,7 @@ def test_image_paths_under_an_hdfs_root_are_looked_up_and_read_through_webhdfs(s
            "path string, label string")
     out = tmp_path / "examples" / f"ds={DS}"
     hdfs.clear_log()
-    P.run(P.Config(raw=f"file://{tmp_path}/raw/ds={DS}", output=f"file://{out}", layout="table",
+    P.run(P.Config(raw=f"file://{tmp_path}/raw/ds={DS}", partition=DS, output=f"file://{out}", layout="table",
                    table=f"{DB}.remote", image_root="hdfs://namenode:8020/images", image_column="path",
                    max_bad_fraction=0.3, min_shards=1), spark)
     records = parts.read_tfrecords(out.glob("*.tfrecord"))

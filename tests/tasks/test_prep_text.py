@@ -14,7 +14,8 @@ from tasks.prep import layouts, modality
 from tasks import prepare_examples as P
 from tests.support import partitions as parts
 
-DS = "ds=2026-11-20"
+PARTITION = "2026-11-20"
+DS = f"ds={PARTITION}"
 TOPICS = {"sports": "the team won the match after a late goal", "weather": "rain and wind are expected tomorrow",
           "cooking": "simmer the sauce and add fresh basil"}
 
@@ -41,8 +42,8 @@ def finish(raw):
 def prep(tmp_path, raw_url, **kw):
     kw.setdefault("min_shards", 2)
     kw.setdefault("max_bad_fraction", 0.5)
-    return P.run(P.Config(raw=raw_url, output=f"file://{tmp_path}/examples/{DS}", task_type="text_classification",
-                          **kw))
+    return P.run(P.Config(raw=raw_url, output=f"file://{tmp_path}/examples/{DS}", partition=PARTITION,
+                          task_type="text_classification", **kw))
 
 
 def records(tmp_path):
@@ -130,7 +131,8 @@ def test_parquet_and_folder_layouts_hold_text_too(spark, tmp_path):
         (folders / label / f"{i}.txt").write_text(text)
     (folders / "sports" / "empty.txt").write_text("")
     out = tmp_path / "by-folder"
-    manifest = P.run(P.Config(raw=finish(folders), output=f"file://{out}/examples/{DS}", layout="folders",
+    manifest = P.run(P.Config(raw=finish(folders), output=f"file://{out}/examples/{DS}",
+                              partition=PARTITION, layout="folders",
                               task_type="text_classification", min_shards=2, max_bad_fraction=0.5))
     got = {r[schema.RECORD_ID]: r[schema.TEXT] for r in parts.read_tfrecords(
         sorted((out / "examples" / DS).glob("*.tfrecord")))}
@@ -150,8 +152,8 @@ def test_a_rerun_writes_the_same_bytes(spark, tmp_path):
 
 def test_the_task_type_and_layout_must_match(tmp_path):
     with pytest.raises(SystemExit):
-        P.parse_args(["--raw", "file:///r", "--output", "file:///o", "--layout", "csv"])
-    cfg = P.Config(raw="file:///r", output="file:///o", layout="csv")
+        P.parse_args(["--raw", "file:///r", "--output", "file:///o", "--partition", "2026-11-20", "--layout", "csv"])
+    cfg = P.Config(raw="file:///r", output="file:///o", partition="2026-11-20", layout="csv")
     with pytest.raises(P.PrepError, match="layout 'csv' does not hold image_classification data"):
         P.run(cfg)
 

@@ -23,6 +23,7 @@ from tests.tasks.test_image_check import IMAGE_REASONS
 
 def prep(root, raw, **kw):
     kw.setdefault("min_shards", 1)
+    kw.setdefault("partition", raw.name.removeprefix("ds="))  # the date the test made the partition for
     cfg = P.Config(raw=f"file://{raw}", output=f"file://{root}/examples/{raw.name}", **kw)
     return P.run(cfg)
 
@@ -92,7 +93,8 @@ def test_an_empty_partition_fails_before_spark_starts(tmp_path):
     raw.mkdir(parents=True)
     (raw / "_SUCCESS").write_bytes(b"")
     with pytest.raises(P.PrepError, match="holds no records in the folders layout"):
-        P.run(P.Config(raw=f"file://{raw}", output=f"file://{tmp_path}/examples/{raw.name}", layout="folders"))
+        P.run(P.Config(raw=f"file://{raw}", output=f"file://{tmp_path}/examples/{raw.name}", partition="2026-11-20",
+                       layout="folders"))
 
 
 def test_statistics_describe_the_partition_and_warn_when_labels_drift(spark, tmp_path, caplog):
@@ -205,7 +207,7 @@ def test_vocabulary_save_is_compare_and_set(tmp_path):
 
 def test_splits_depend_on_the_record_alone_and_shards_on_the_target_size(spark, tmp_path):
     day1 = make_partition(tmp_path / "raw", "2026-11-20", num_images=30)
-    cfg = P.Config(raw=f"file://{day1}", output="", min_shards=2, target_shard_bytes=20_000)
+    cfg = P.Config(raw=f"file://{day1}", output="", partition="2026-11-20", min_shards=2, target_shard_bytes=20_000)
     m1 = prep(tmp_path, day1, min_shards=2, target_shard_bytes=20_000)
     # Shards of about 20 kB, as many as the split's bytes need, a multiple of min_shards, each listed with its
     # record count.
@@ -240,7 +242,7 @@ def test_splits_depend_on_the_record_alone_and_shards_on_the_target_size(spark, 
 
 
 def test_num_shards_is_a_multiple_of_min_shards():
-    cfg = P.Config(raw="", output="", min_shards=4, target_shard_bytes=100)
+    cfg = P.Config(raw="", output="", partition="2026-11-20", min_shards=4, target_shard_bytes=100)
     assert [plan.num_shards(n, cfg) for n in (0, 100, 401, 900)] == [4, 4, 8, 12]
 
 

@@ -15,6 +15,7 @@ from tests.conftest import make_partition
 
 
 def run_prep(tmp_path, raw, **kw):
+    kw.setdefault("partition", raw.name.removeprefix("ds="))  # the date the test made the partition for
     cfg = P.Config(raw=f"file://{raw}", output=f"file://{tmp_path}/examples/{raw.name}", **kw)
     return cfg, P.run(cfg)
 
@@ -149,9 +150,9 @@ def test_a_path_listed_twice_is_quarantined_with_both_lines(tmp_path):
         ("a.jpg", ("duplicate_id", "listed 2 times in labels.csv (labels.csv:2 'circle', labels.csv:3 'square')"))]
 
 
-def test_the_partition_option_is_the_source_of_truth_of_the_derived_locations():
+def test_the_partition_option_is_the_source_of_truth_of_the_derived_locations(capsys):
     """``--partition`` names the quarantine folder, the previous day's stats and the table filter, whatever the
-    folders are called; without it, the folder names ``ds=YYYY-MM-DD`` still say it (direct spark-submit)."""
+    folders are called; it is required: nothing reads the date back from folder names."""
     base = ["--raw", "file:///s/raw/incoming", "--output", "file:///s/examples/staged"]
     cfg = P.parse_args([*base, "--partition", "2026-11-20"])
     assert cfg.partition == "2026-11-20" and inputs.partition_name(cfg) == "ds=2026-11-20"
@@ -161,9 +162,9 @@ def test_the_partition_option_is_the_source_of_truth_of_the_derived_locations():
                           "--partition-column", "ds"])
     assert inputs.table_input(table, inputs.partition_name(table)).partition_value == "2026-03-01"
     assert "2026-03-01" in inputs.input_name(table)
-    old = P.parse_args(["--raw", "file:///s/raw/ds=2026-11-20", "--output", "file:///s/examples/ds=2026-11-20"])
-    assert inputs.partition_name(old) == "ds=2026-11-20" and inputs.quarantine_url(old) == "file:///s/quarantine/ds=2026-11-20"
-    assert inputs.previous_stats_url(old)[1] == "ds=2026-11-19"
+    with pytest.raises(SystemExit):  # folders named ds=YYYY-MM-DD do not stand in for it
+        P.parse_args(["--raw", "file:///s/raw/ds=2026-11-20", "--output", "file:///s/examples/ds=2026-11-20"])
+    assert "the following arguments are required: --partition" in capsys.readouterr().err
     for bad in ("20261120", "2026-02-30", "ds=2026-11-20"):
         with pytest.raises(SystemExit):
             P.parse_args([*base, "--partition", bad])
@@ -181,16 +182,16 @@ def test_a_run_records_the_partition_it_is_given(spark, tmp_path):
 
 def test_parse_args_validates_fractions():
     with pytest.raises(SystemExit):
-        P.parse_args(["--raw", "file:///r", "--output", "file:///o", "--split-fractions", "0.5,0.5,0.5"])
-    cfg = P.parse_args(["--raw", "file:///r", "--output", "file:///o", "--min-shards", "6"])
+        P.parse_args(["--raw", "file:///r", "--output", "file:///o", "--partition", "2026-11-20", "--split-fractions", "0.5,0.5,0.5"])
+    cfg = P.parse_args(["--raw", "file:///r", "--output", "file:///o", "--partition", "2026-11-20", "--min-shards", "6"])
     assert cfg.min_shards == 6 and cfg.split_fractions == (0.7, 0.1, 0.2)
     # Today's behaviour by default: images with a labels.csv manifest.
     assert (cfg.layout, cfg.labels_file, cfg.new_label_policy, cfg.labels) == ("manifest", "labels.csv", "fail", ())
-    cfg = P.parse_args(["--raw", "file:///r", "--output", "file:///o", "--layout", "parquet", "--labels", "a, b",
+    cfg = P.parse_args(["--raw", "file:///r", "--output", "file:///o", "--partition", "2026-11-20", "--layout", "parquet", "--labels", "a, b",
                         "--max-bad-fraction", "0.2", "--target-shard-mb", "0.5", "--new-label-policy", "append"])
     assert (cfg.layout, cfg.labels, cfg.max_bad_fraction, cfg.target_shard_bytes, cfg.new_label_policy) == (
         "parquet", ("a", "b"), 0.2, 2**19, "append")
     for bad in (["--max-bad-fraction", "1.5"], ["--layout", "zip"], ["--min-image-side", "0"],
                 ["--new-label-policy", "ignore"]):
         with pytest.raises(SystemExit):
-            P.parse_args(["--raw", "file:///r", "--output", "file:///o", *bad])
+            P.parse_args(["--raw", "file:///r", "--output", "file:///o", "--partition", "2026-11-20", *bad])

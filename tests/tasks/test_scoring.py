@@ -71,7 +71,8 @@ def scored(spark, small_hub_module, tmp_path_factory):
 
 def cfg(root: Path, ds: str, **kw) -> S.Config:
     return S.Config(raw=f"file://{root}/raw/ds={ds}", output=f"file://{root}/predictions/shapes/ds={ds}",
-                    serving_root=f"file://{root}/serving", model_name="shapes", max_bad_fraction=0.1, **kw)
+                    serving_root=f"file://{root}/serving", model_name="shapes", partition=ds, max_bad_fraction=0.1,
+                    **kw)
 
 
 def test_predictions_equal_the_model_in_one_process(scored):
