@@ -4,7 +4,8 @@ The driver checks everything a barrier stage needs before launching it (pre-flig
 barrier tasks. Each task imports TensorFlow, gets the hub module onto local disk and its own share of the
 training files ready (read in place on ``file://``; on ``hdfs://`` streamed while it trains, or downloaded first:
 ``input_mode``, ``tasks.training.streamed_input``), exchanges ``host:port`` with the others through
-``BarrierTaskContext.allGather``, sets ``TF_CONFIG`` and trains one ``MultiWorkerMirroredStrategy`` model. Steps
+``BarrierTaskContext.allGather`` (a lone worker skips that barrier sync and the closing one: each costs a second of
+Spark's polling), sets ``TF_CONFIG`` and trains one ``MultiWorkerMirroredStrategy`` model. Steps
 per epoch come from the manifest's global count, and each worker's input repeats, so every worker runs the same
 number of steps whatever its share of the files.
 
@@ -29,7 +30,7 @@ relaunches the stage, up to ``max_restarts`` times; Keras resumes from the check
 - a worker that hangs anywhere else (before the rendezvous, say): the driver's watchdog (``tasks.training.logrelay``)
   cancels the stage when a worker sent nothing for ``stall_timeout_s``;
 - a worker waiting at a Spark barrier: ``spark.barrier.sync.timeout`` (set to 900 s when this job creates the
-  session) and the watchdog.
+  Spark context) and the watchdog.
 
 Logs: every worker sends its log records, progress and, on failure, its traceback to the driver (``tasks.training.logrelay``),
 which logs them: on a cluster a worker's stderr is in its executor's log, not in the Airflow task log.
@@ -46,7 +47,7 @@ Usage (spark-submit with the ``tasks`` package on ``--py-files``)::
         --run-dir file:///.../runs/ds=2026-11-20 --storage-root file:///... --hub-module hub/shapes_fv_32 \\
         --max-restarts 2 --checkpoint-every-steps 50
 
-The work is in ``tasks.training``: ``preflight`` (the checks and the session), ``worker`` (a barrier task),
+The work is in ``tasks.training``: ``preflight`` (the checks and the Spark context), ``worker`` (a barrier task),
 ``checkpoints`` (the training state on storage) and ``driver`` (launch, restarts, the report).
 """
 
@@ -66,7 +67,6 @@ from tasks.training.worker import WorkerSpec
 
 log = logging.getLogger("finetune")
 
-log = logging.getLogger("finetune")
 
 @dataclasses.dataclass
 class Config:
@@ -157,8 +157,7 @@ def run(cfg: Config, spark=None) -> dict:
     preflight.log_sampling(sampling)
     kind, module_url, image_size = _module(cfg, manifest)
 
-    spark = spark or preflight.create_session(f"finetune {manifest['partition']}")
-    sc = spark.sparkContext
+    sc = spark.sparkContext if spark is not None else preflight.create_context(f"finetune {manifest['partition']}")
     timeline["session_ready"] = time.time()
     preflight.check_spark_conf(sc.getConf())
     slots = preflight.wait_for_slots(sc, cfg.num_workers, cfg.slots_wait_s)

@@ -1,5 +1,5 @@
 """Fine-tuning pre-flight, run by the driver before it launches the barrier stage: the prepared dataset is complete
-and splits between the workers (``assign_files``, ``sampling_rates``), the Spark session has the settings a barrier
+and splits between the workers (``assign_files``, ``sampling_rates``), the Spark context has the settings a barrier
 stage needs (``SESSION_CONF``, ``check_spark_conf``) and enough task slots (``wait_for_slots``). Each check fails with
 a ``FinetuneError`` that says what to change.
 """
@@ -23,7 +23,7 @@ class FinetuneError(RuntimeError):
 
 
 BARRIER_SYNC_TIMEOUT_S = 900
-"""``spark.barrier.sync.timeout`` this job sets when it creates the Spark session (Spark's default is a year)."""
+"""``spark.barrier.sync.timeout`` this job sets when it creates the Spark context (Spark's default is a year)."""
 
 SESSION_CONF = {
     # A barrier stage needs a fixed set of executors.
@@ -31,8 +31,8 @@ SESSION_CONF = {
     # A process that ran a MultiWorkerMirroredStrategy cannot configure another one: never reuse Python workers.
     "spark.python.worker.reuse": "false",
 }
-"""Spark settings a barrier stage cannot do without: this job sets them on the session it creates, over any other
-value (a cluster's ``spark-defaults.conf`` often turns dynamic allocation on). The one place they are written:
+"""Spark settings a barrier stage cannot do without: this job sets them on the Spark context it creates, over any
+other value (a cluster's ``spark-defaults.conf`` often turns dynamic allocation on). The one place they are written:
 the Airflow operator passes none of them, so the job runs the same from Airflow, spark-submit, tests and benches."""
 
 SESSION_DEFAULTS = {
@@ -41,7 +41,7 @@ SESSION_DEFAULTS = {
     "spark.scheduler.barrier.maxConcurrentTasksCheck.interval": "5s",
     "spark.scheduler.barrier.maxConcurrentTasksCheck.maxFailures": "6",
 }
-"""Spark settings this job applies to a session it creates, unless spark-submit already set them."""
+"""Spark settings this job applies to a Spark context it creates, unless spark-submit already set them."""
 
 
 # -- pre-flight: data --------------------------------------------------------------------------------------------
@@ -155,19 +155,23 @@ def steps_per_epoch(num_train: int, global_batch: int) -> int:
     return max(1, num_train // global_batch)
 
 
-def create_session(app_name: str):
-    """A Spark session with ``SESSION_CONF``, and ``SESSION_DEFAULTS`` for the settings spark-submit left unset."""
-    from pyspark import SparkConf
-    from pyspark.sql import SparkSession
+def create_context(app_name: str):
+    """The job's ``SparkContext``, with ``SESSION_CONF``, and ``SESSION_DEFAULTS`` for the settings spark-submit
+    left unset.
 
-    conf = SparkConf()
+    A context, not a ``SparkSession``: the barrier stage needs only the context, and building a session (its SQL
+    state in the JVM) cost this job 6-10 s per run on a 2-core machine for nothing it uses.
+    """
+    from pyspark import SparkConf, SparkContext
+
+    conf = SparkConf().setAppName(app_name)
     for key, value in SESSION_CONF.items():
         if conf.get(key, value) != value:
             log.info("%s=%s from spark-submit replaced by %s: the barrier stage needs it", key, conf.get(key), value)
         conf.set(key, value)
     for key, value in SESSION_DEFAULTS.items():
         conf.setIfMissing(key, value)
-    return SparkSession.builder.appName(app_name).config(conf=conf).getOrCreate()
+    return SparkContext.getOrCreate(conf)
 
 
 _TIME_UNITS = {"ms": 0.001, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}

@@ -155,7 +155,9 @@ def _join_cluster(spec: WorkerSpec, rank: int, host: str, all_gather, relay: log
     """Exchanges ``host:port`` with the other workers, sets ``TF_CONFIG``; the strategy over all of them."""
     from tasks.training.model import tf
 
-    cluster = all_gather(f"{host}:{_free_port()}")
+    address = f"{host}:{_free_port()}"
+    # A Spark barrier sync polls every second; a worker alone needs no exchange to know the cluster is itself.
+    cluster = all_gather(address) if spec.cfg.num_workers > 1 else [address]
     relay.beat("rendezvous")
     log.info("worker %d: cluster %s (attempt %d)", rank, cluster, spec.attempt)
     os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": cluster}, "task": {"type": "worker", "index": rank}})
@@ -271,7 +273,8 @@ def barrier_task(spec: WorkerSpec, _rows=None):
                  ctx.attemptNumber(), spec.attempt, ctx.cpus(), os.environ["CUDA_VISIBLE_DEVICES"], scratch)
         host = ctx.getTaskInfos()[rank].address.rsplit(":", 1)[0]
         result = train_worker(spec, rank, max(1, ctx.cpus()), host, ctx.allGather, relay, scratch)
-        ctx.barrier()
+        if spec.cfg.num_workers > 1:  # no worker leaves while a peer may still need it (as for the rendezvous)
+            ctx.barrier()
         relay.beat("done")
     except BaseException as e:
         try:

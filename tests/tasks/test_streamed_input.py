@@ -14,6 +14,7 @@ import pytest
 
 from tasks import finetune as F
 from tasks.training import streamed_input as S
+from tasks.training.shard_cache import ShardCache
 from tasks.prep import tfrecord
 
 DATA = "hdfs://namenode:8020/data"
@@ -59,7 +60,7 @@ def test_local_copies_stay_under_the_cap_and_serve_the_next_passes(hdfs, tmp_pat
     names = sorted(shards)
     size = (hdfs.root / "data" / names[0]).stat().st_size
     folder = tmp_path / "cache"
-    cache = S.ShardCache(folder, cap_bytes=2 * size + size // 2)  # room for two copies, not three
+    cache = ShardCache(folder, cap_bytes=2 * size + size // 2)  # room for two copies, not three
 
     def disk() -> int:
         return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.exists() else 0
