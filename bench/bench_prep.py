@@ -43,13 +43,13 @@ import time
 from pathlib import Path
 
 import prelude  # noqa: F401  (first: the repository on sys.path, the environment)
-from prelude import ROOT, say
+from prelude import say
 from tasks.core import run_folder
 
 prelude.spark_in_this_process()
 
 NUM_IMAGES = int(os.environ.get("BENCH_PREP_IMAGES", "20000"))
-BENCH_DIR = Path(os.environ.get("BENCH_PREP_DIR", ROOT / "var" / "bench"))
+BENCH_DIR = prelude.work_dir("BENCH_PREP_DIR")
 PARTITION = "2026-01-01"
 DS = f"ds={PARTITION}"
 CLASSES = ("cat", "dog", "bird", "fish", "horse", "car", "plane", "ship")

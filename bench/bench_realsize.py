@@ -51,7 +51,7 @@ EPOCHS = int(os.environ.get("BENCH_REALSIZE_EPOCHS", "2"))
 BATCH = int(os.environ.get("BENCH_REALSIZE_BATCH", "16"))
 MIN_PX = int(os.environ.get("BENCH_REALSIZE_MIN_PX", "320"))
 MAX_PX = int(os.environ.get("BENCH_REALSIZE_MAX_PX", "640"))
-BENCH_DIR = Path(os.environ.get("BENCH_REALSIZE_DIR", ROOT / "var" / "bench" / "realsize"))
+BENCH_DIR = prelude.work_dir("BENCH_REALSIZE_DIR", "realsize")
 PRETRAINED = ROOT / "var" / "storage" / "hub" / "mobilenet_v2_100_224"
 LEARNING_RATE = 2e-3
 """The DAG's default learning rate (``tasks.finetune.Config.learning_rate``)."""

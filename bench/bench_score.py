@@ -43,7 +43,7 @@ prelude.spark_in_this_process()
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 NUM_IMAGES = int(os.environ.get("BENCH_SCORE_IMAGES", "3000"))
-BENCH_DIR = Path(os.environ.get("BENCH_SCORE_DIR", ROOT / "var" / "bench")) / "score"
+BENCH_DIR = prelude.work_dir("BENCH_SCORE_DIR") / "score"
 REAL_SIZE = ROOT / "var" / "storage" / "hub" / "mobilenet_v2_100_224"
 MODULE = Path(os.environ.get("BENCH_SCORE_MODULE") or (REAL_SIZE if (REAL_SIZE / "saved_model.pb").exists()
                                                         else BENCH_DIR / "mobilenet_v2_100_224_untrained"))

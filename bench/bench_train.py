@@ -43,12 +43,12 @@ import time
 from pathlib import Path
 
 import prelude  # noqa: F401  (first: the repository on sys.path, the environment)
-from prelude import BATCH, DS, ROOT, say, spark_submit, startup_phases
+from prelude import BATCH, DS, say, spark_submit, startup_phases
 from tasks.core import run_folder
 
 prelude.legacy_keras()
 NUM_IMAGES, EPOCHS = prelude.setting("BENCH_TRAIN_IMAGES", 1200), prelude.setting("BENCH_TRAIN_EPOCHS", 6)
-BENCH_DIR = Path(os.environ.get("BENCH_TRAIN_DIR", ROOT / "var" / "bench" / "train"))
+BENCH_DIR = prelude.work_dir("BENCH_TRAIN_DIR", "train")
 BATCHES = [BATCH] + [int(b) for b in os.environ.get("BENCH_TRAIN_BATCHES", "64").split(",")
                      if b and int(b) != BATCH]
 """Global batches compared (the default one always); with 16 images per worker per step the demo model's step is

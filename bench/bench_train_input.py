@@ -45,12 +45,12 @@ import tempfile
 from pathlib import Path
 
 import prelude  # noqa: F401  (first: the repository on sys.path, the environment)
-from prelude import BATCH, DS, ROOT, say, spark_submit, startup_phases
+from prelude import BATCH, DS, say, spark_submit, startup_phases
 from tasks.core import run_folder
 
 prelude.legacy_keras()
 NUM_IMAGES, EPOCHS = prelude.setting("BENCH_INPUT_IMAGES", 1200), prelude.setting("BENCH_INPUT_EPOCHS", 3)
-BENCH_DIR = Path(os.environ.get("BENCH_INPUT_DIR", ROOT / "var" / "bench" / "train_input"))
+BENCH_DIR = prelude.work_dir("BENCH_INPUT_DIR", "train_input")
 WORKERS = 2
 SCALE = 4
 COPIES = int(os.environ.get("BENCH_INPUT_COPIES", "1"))

@@ -44,6 +44,12 @@ def setting(name: str, default: int) -> int:
     return int(os.environ.get(name, str(default)))
 
 
+def work_dir(variable: str, *default: str) -> Path:
+    """A benchmark's work folder, where its inputs are made once and reused: ``$variable``, else
+    ``<repo>/var/bench/<default...>``."""
+    return Path(os.environ.get(variable, ROOT.joinpath("var", "bench", *default)))
+
+
 def legacy_keras() -> None:
     """hub.KerasLayer is a tf-keras layer: TensorFlow must load Keras 2 (before it is imported)."""
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
