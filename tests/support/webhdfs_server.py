@@ -354,6 +354,17 @@ class _Node(ThreadingHTTPServer):
                 pass
 
 
+
+def _open_file(ns: _Namespace, path: str, mode: str, missing: str):
+    """The file at ``path`` opened in ``mode``, or the NameNode's answer for a path that is none: ``missing`` when
+    nothing is there (OPEN and APPEND word it differently)."""
+    try:
+        return open(ns.local(path), mode)  # noqa: SIM115 - the caller's with-block closes it
+    except (FileNotFoundError, NotADirectoryError):
+        raise RemoteError("FileNotFoundException", missing) from None
+    except IsADirectoryError:
+        raise RemoteError("FileNotFoundException", f"Path is not a file: {path}") from None
+
 class _Handler(BaseHTTPRequestHandler):
     """Parses a WebHDFS request, applies injected faults, dispatches to the node's operation, logs it."""
 
@@ -401,24 +412,20 @@ class _Handler(BaseHTTPRequestHandler):
                     while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
                         pass  # trailers
                     return
-                left = size
-                while left:
-                    data = self.rfile.read(min(left, CHUNK))
-                    if not data:
-                        raise ConnectionError("request body ended early")
-                    left -= len(data)
-                    self._body_bytes += len(data)
-                    yield data
+                yield from self._read_body(size)
                 self.rfile.readline(3)  # CRLF after the chunk
         else:
-            left = int(self.headers.get("Content-Length") or 0)
-            while left:
-                data = self.rfile.read(min(left, CHUNK))
-                if not data:
-                    raise ConnectionError("request body ended early")
-                left -= len(data)
-                self._body_bytes += len(data)
-                yield data
+            yield from self._read_body(int(self.headers.get("Content-Length") or 0))
+
+    def _read_body(self, left: int) -> Iterator[bytes]:
+        """The next ``left`` bytes of the request body, in pieces of at most ``CHUNK``."""
+        while left:
+            data = self.rfile.read(min(left, CHUNK))
+            if not data:
+                raise ConnectionError("request body ended early")
+            left -= len(data)
+            self._body_bytes += len(data)
+            yield data
 
     def drain(self) -> None:
         for _ in self.body_chunks():
@@ -713,13 +720,7 @@ class _DatanodeHandler(_Handler):
     def open(self, ns: _Namespace, path: str, params: _Params) -> None:
         offset = params.long("offset", 0) or 0
         length = params.long("length", None)
-        try:
-            f = open(ns.local(path), "rb")  # noqa: SIM115 - streamed below
-        except (FileNotFoundError, NotADirectoryError):
-            raise RemoteError("FileNotFoundException", f"File does not exist: {path}") from None
-        except IsADirectoryError:
-            raise RemoteError("FileNotFoundException", f"Path is not a file: {path}") from None
-        with f:
+        with _open_file(ns, path, "rb", f"File does not exist: {path}") as f:
             size = os.fstat(f.fileno()).st_size
             if offset > size:
                 raise RemoteError("EOFException", "Cannot seek after EOF")
@@ -758,35 +759,27 @@ class _DatanodeHandler(_Handler):
         # The data is written to the real path outside the namespace lock: like an HDFS file under construction,
         # the file is visible while it is written, with the length of its completed blocks (see length_of).
         with os.fdopen(fd, "wb") as f:
-            try:
-                for data in self.body_chunks():
-                    f.write(data)
-                    f.flush()  # on disk as it arrives, as a pipeline's acknowledged packets are on the datanodes
-            finally:
-                with ns.lock:
-                    ns.end_write(f.fileno())
+            self._write_body(ns, f)
         owner = self.server.owner
         self.send_bytes(201, b"", "application/octet-stream",
                         {"Location": f"hdfs://{owner.host}:{owner.port}{quote(path)}"})
 
     def append(self, ns: _Namespace, path: str, params: _Params) -> None:
-        try:
-            f = open(ns.local(path), "r+b")  # noqa: SIM115 - written below
-        except (FileNotFoundError, NotADirectoryError):
-            raise RemoteError("FileNotFoundException", f"File {path} not found.") from None
-        except IsADirectoryError:
-            raise RemoteError("FileNotFoundException", f"Path is not a file: {path}") from None
-        with f:
+        with _open_file(ns, path, "r+b", f"File {path} not found.") as f:
             with ns.lock:
                 ns.begin_write(f.fileno(), f.seek(0, os.SEEK_END))
-            try:
-                for data in self.body_chunks():
-                    f.write(data)
-                    f.flush()  # on disk as it arrives, as a pipeline's acknowledged packets are on the datanodes
-            finally:
-                with ns.lock:
-                    ns.end_write(f.fileno())
+            self._write_body(ns, f)
         self.send_bytes(200, b"", "application/octet-stream")
+
+    def _write_body(self, ns: _Namespace, f) -> None:
+        """Writes the request body to ``f`` (a file ``begin_write`` opened a write on), then ends that write."""
+        try:
+            for data in self.body_chunks():
+                f.write(data)
+                f.flush()  # on disk as it arrives, as a pipeline's acknowledged packets are on the datanodes
+        finally:
+            with ns.lock:
+                ns.end_write(f.fileno())
 
 
 class WebHdfsTestServer:
