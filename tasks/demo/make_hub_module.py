@@ -17,7 +17,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import time
@@ -52,13 +51,8 @@ class Config:
 
 
 def parse_args(argv: list[str]) -> Config:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--output", required=True)
-    p.add_argument("--image-size", type=int, default=Config.image_size)
-    p.add_argument("--pretext-images", type=int, default=Config.pretext_images)
-    p.add_argument("--epochs", type=int, default=Config.epochs)
-    a = p.parse_args(argv)
-    return Config(output=a.output, image_size=a.image_size, pretext_images=a.pretext_images, epochs=a.epochs)
+    """Every field of ``Config`` is an option, its help the field's docstring."""
+    return Config(**vars(runtime.build_parser(Config, __doc__.splitlines()[0]).parse_args(argv)))
 
 
 def pretext_data(cfg: Config) -> tuple[np.ndarray, np.ndarray]:

@@ -32,7 +32,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import math
@@ -79,16 +78,8 @@ class Config:
 
 
 def parse_args(argv: list[str]) -> Config:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--output", required=True)
-    p.add_argument("--feature-dim", type=int, default=Config.feature_dim)
-    p.add_argument("--num-buckets", type=int, default=Config.num_buckets)
-    p.add_argument("--pretext-sentences", type=int, default=Config.pretext_sentences)
-    p.add_argument("--epochs", type=int, default=Config.epochs)
-    p.add_argument("--seed", type=int, default=Config.seed)
-    a = p.parse_args(argv)
-    return Config(output=a.output, feature_dim=a.feature_dim, num_buckets=a.num_buckets,
-                  pretext_sentences=a.pretext_sentences, epochs=a.epochs, seed=a.seed)
+    """Every field of ``Config`` is an option, its help the field's docstring."""
+    return Config(**vars(runtime.build_parser(Config, __doc__.splitlines()[0]).parse_args(argv)))
 
 
 def _encoder_class():
