@@ -41,6 +41,11 @@ HELLO = re.compile(r"worker (\d+) of attempt (\d+) started: pid (\d+)")
 FENCED = re.compile(r"fenced (.+?): stopped (\d+) processes \[([\d, ]*)\]")
 # Not run here: the sensor and prep (the copied run prepared the partition), the publication (not the point).
 SKIP = "wait_for_raw_partition|prepare_examples|export_model"
+# The run's epochs: the first try is killed at its first checkpoint (epoch 4 of the demo's 13 steps per epoch), and
+# its orphans must still be training when the retry fences them, about a minute later (the retry's Airflow start).
+# With the DAG's 15 they finished first once the job got faster (the orphans done at 01:34:16, the fence at
+# 01:34:25); 30 leaves them about two minutes of training.
+EPOCHS = 30
 # The standalone cluster's share of each application: both 1-core Workers, one executor on each.
 STANDALONE_CONF = {"spark.executor.cores": "1", "spark.cores.max": "2", "spark.executor.memory": "512m"}
 MASTER_CHECK = re.compile(r"fenced on the Spark Master: application (\S+) .*gone|"
@@ -182,7 +187,8 @@ def test_sigkilled_training_task_is_fenced_by_its_retry(trained_demo_run, cluste
     procs: list[psutil.Process] = []
     first_log, retry_log = tmp_path / "first.log", tmp_path / "retry.log"
     seen: dict[tuple, dict] = {}  # every checkpoint commit the test saw, whoever made it
-    first = airflow(env, first_log, f"dags test tfhub_finetune {DEMO_RUN_DATE} --mark-success-pattern '{SKIP}'")
+    first = airflow(env, first_log, f"dags test tfhub_finetune {DEMO_RUN_DATE} -c '{json.dumps({'epochs': EPOCHS})}' "
+                                    f"--mark-success-pattern '{SKIP}'")
     retry = None
     try:
         # The first try trains: both workers started, and its chief committed a checkpoint to the run folder.
