@@ -105,14 +105,14 @@ def publish(module: Path, version_dir: Path) -> None:
 def baseline(raw: Path, version_dir: Path, out: Path) -> tuple[float, float]:
     """One process, one TensorFlow thread: returns (seconds, model load seconds)."""
     from tasks.prep import image_check, layouts
-    from tasks.serving import scoring
+    from tasks.serving import models, scoring
 
     t0 = time.perf_counter()
     listed = layouts.list_partition("manifest", f"file://{raw}", "labels.csv", "path", "label", "image")
     unit = scoring.raw_units(listed, 1, len(listed.records) + 1)
     assert len(unit) == 1
     job = scoring.Job(source=f"file://{raw}", labels=LABELS, output_staging=f"file://{out}",
-                      model=scoring.ModelRef(f"file://{version_dir}", scoring.SERVED, "image_classification",
+                      model=models.ModelRef(f"file://{version_dir}", models.SERVED, "image_classification",
                                              threads=1),
                       bounds=image_check.Bounds(), model_name="bench", model_version=1, partition=DS)
     summary = scoring.score_unit(unit[0], job)

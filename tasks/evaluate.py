@@ -35,7 +35,7 @@ from pathlib import Path
 from tasks.core import plots, run_folder, runtime, schema
 from tasks.io import commit, fencing, storage
 from tasks.prep import modality
-from tasks.serving import scoring
+from tasks.serving import models, scoring
 from tasks.serving.evaluation import bless, classification_metrics, score_split, write_report
 
 log = logging.getLogger("evaluate")
@@ -102,7 +102,7 @@ def _run(cfg: Config, scratch: Path, spark) -> dict:
         raise RuntimeError(f"split {cfg.split!r} of {cfg.examples} has no records to evaluate on")
     kind = modality.of_manifest(manifest)
     size = tuple(history["image_size"]) if history.get("image_size") else None
-    candidate = scoring.ModelRef(storage.join(cfg.run_dir, run_folder.MODEL), scoring.KERAS, kind.task_type, size)
+    candidate = models.ModelRef(storage.join(cfg.run_dir, run_folder.MODEL), models.KERAS, kind.task_type, size)
     _, _, y, probs = score_split(spark, cfg, manifest, candidate, tuple(manifest["labels"]))
     if len(y) != manifest["counts"][cfg.split]:
         raise RuntimeError(f"read {len(y)} {cfg.split} records but the manifest counts {manifest['counts'][cfg.split]}")
@@ -143,15 +143,15 @@ def _log_metrics(cfg: Config, metrics: dict, labels: list[str], t0: float) -> No
 
 def _baseline(spark, cfg: Config, manifest: dict, kind: modality.Modality) -> dict | None:
     """The published model (the highest version) re-scored on the same records; None when none is published."""
-    versions = scoring.published_versions(cfg.serving_root, cfg.model_name) if cfg.serving_root else []
+    versions = models.published_versions(cfg.serving_root, cfg.model_name) if cfg.serving_root else []
     if not versions:
         log.info("no baseline: no published version of %r under %s", cfg.model_name, cfg.serving_root or "(none)")
         return None
-    served = scoring.resolve_served(cfg.serving_root, cfg.model_name, versions[-1])
+    served = models.resolve_served(cfg.serving_root, cfg.model_name, versions[-1])
     if served.task_type != kind.task_type:
         raise RuntimeError(f"the published model {served.url} is a {served.task_type} model, not "
                            f"{kind.task_type}: publish this one under another model_name")
-    ref = scoring.ModelRef(served.url, scoring.SERVED, served.task_type)
+    ref = models.ModelRef(served.url, models.SERVED, served.task_type)
     _, base_texts, _, base_probs = score_split(spark, cfg, manifest, ref, served.labels)
     # By class name: the baseline's vocabulary may be older than this dataset's.
     predicted = [served.labels[i] for i in base_probs.argmax(axis=1)]

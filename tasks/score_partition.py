@@ -40,7 +40,7 @@ from tasks.core import run_folder, runtime, schema
 from tasks.core.partition import date_problem
 from tasks.io import commit, storage
 from tasks.prep import image_check, inputs, layouts, modality, outputs, prep_stats
-from tasks.serving import scoring
+from tasks.serving import models, scoring
 
 log = logging.getLogger("score_partition")
 
@@ -129,15 +129,15 @@ def quarantine_url(cfg: Config) -> str:
     model_dir = cfg.output.rstrip("/").rpartition("/")[0]
     root = model_dir.rpartition("/")[0].rpartition("/")[0]
     if not root or root.endswith(":/") or root.endswith(":"):
-        raise scoring.ScoringError(f"--output {cfg.output} is not <root>/predictions/<model>/ds=…: set --quarantine")
+        raise models.ScoringError(f"--output {cfg.output} is not <root>/predictions/<model>/ds=…: set --quarantine")
     return storage.join(root, "quarantine", "predictions", _name(model_dir), _name(cfg.output))
 
 
-def training_distribution(served: scoring.Served) -> tuple[dict[str, int] | None, str]:
+def training_distribution(served: models.Served) -> tuple[dict[str, int] | None, str]:
     """The training label counts recorded at export, or the prepared dataset's manifest the model came from."""
     counts = served.provenance.get("train_label_counts")
     if counts:
-        return counts, f"{served.url}/{scoring.PROVENANCE}"
+        return counts, f"{served.url}/{models.PROVENANCE}"
     examples = served.provenance.get("examples")
     if examples and storage.exists(storage.join(examples, schema.MANIFEST)):
         manifest = json.loads(storage.read_text(storage.join(examples, schema.MANIFEST)))
@@ -145,7 +145,7 @@ def training_distribution(served: scoring.Served) -> tuple[dict[str, int] | None
     return None, "the model records no training label distribution"
 
 
-def build_stats(cfg: Config, served: scoring.Served, partition: str, results: list[dict], total: int,
+def build_stats(cfg: Config, served: models.Served, partition: str, results: list[dict], total: int,
                 wall: float) -> dict:
     scored = sum(s["records"] for s in results)
     bad = [b for s in results for b in s["bad"]]
@@ -176,26 +176,26 @@ def build_stats(cfg: Config, served: scoring.Served, partition: str, results: li
     }
 
 
-def plan(cfg: Config, served: scoring.Served, parallelism: int) -> tuple[str, list[scoring.Unit], int]:
+def plan(cfg: Config, served: models.Served, parallelism: int) -> tuple[str, list[scoring.Unit], int]:
     """The source folder, its units and its record count."""
     kind = modality.of(served.task_type)
     if cfg.raw:
         if cfg.layout not in kind.layouts:
-            raise scoring.ScoringError(f"layout {cfg.layout!r} does not hold {served.task_type} data (the task type "
+            raise models.ScoringError(f"layout {cfg.layout!r} does not hold {served.task_type} data (the task type "
                                        f"of {served.url}); use one of {', '.join(kind.layouts)}")
         if not storage.exists(storage.join(cfg.raw, schema.SUCCESS)):
-            raise scoring.ScoringError(f"raw partition {cfg.raw} has no {schema.SUCCESS} marker: the producer has "
+            raise models.ScoringError(f"raw partition {cfg.raw} has no {schema.SUCCESS} marker: the producer has "
                                        "not finished")
         raw = layouts.list_partition(cfg.layout, cfg.raw, cfg.labels_file, inputs.id_column(cfg),
                                      cfg.label_column, inputs.input_column(cfg), kind.arrow_type,
                                      ids_optional=kind is modality.TEXT)
         if not raw.records:
-            raise scoring.ScoringError(f"raw partition {cfg.raw} holds no records in the {cfg.layout} layout: check "
+            raise models.ScoringError(f"raw partition {cfg.raw} holds no records in the {cfg.layout} layout: check "
                                        "the producer, or --layout")
         return cfg.raw, scoring.raw_units(raw, parallelism, cfg.unit_records), len(raw.records)
     manifest = json.loads(storage.read_text(storage.join(cfg.examples, schema.MANIFEST)))
     if modality.of_manifest(manifest).task_type != served.task_type:
-        raise scoring.ScoringError(f"{cfg.examples} holds {modality.of_manifest(manifest).task_type} records but "
+        raise models.ScoringError(f"{cfg.examples} holds {modality.of_manifest(manifest).task_type} records but "
                                    f"{served.url} is a {served.task_type} model")
     return cfg.examples, scoring.split_units(manifest, cfg.split), manifest["counts"][cfg.split]
 
@@ -208,7 +208,7 @@ def run(cfg: Config, spark=None) -> dict:
             not of the model's task type, or more bad records than ``max_bad_fraction``.
     """
     t0 = time.time()
-    served = scoring.resolve_served(cfg.serving_root, cfg.model_name, cfg.version)
+    served = models.resolve_served(cfg.serving_root, cfg.model_name, cfg.version)
     cfg = dataclasses.replace(cfg, task_type=served.task_type)
     partition = cfg.partition
     sc = scoring.spark_context(spark, f"score_partition {cfg.model_name} {partition}")
@@ -223,7 +223,7 @@ def run(cfg: Config, spark=None) -> dict:
     staging, q_staging = commit.new_staging(cfg.output), commit.new_staging(quarantine)
     try:
         bounds = (modality.TextBounds() if kind is modality.TEXT else image_check.Bounds())
-        job = scoring.Job(source=source, model=scoring.ModelRef(served.url, scoring.SERVED, served.task_type,
+        job = scoring.Job(source=source, model=models.ModelRef(served.url, models.SERVED, served.task_type,
                                                                 threads=cfg.threads),
                           labels=served.labels, batch_size=cfg.batch_size, output_staging=staging,
                           quarantine_staging=q_staging, bounds=bounds, webhdfs=storage.webhdfs_settings(),

@@ -16,7 +16,7 @@ import numpy as np
 from tasks.core import run_folder, schema
 from tasks.io import storage
 from tasks.prep import modality
-from tasks.serving import scoring
+from tasks.serving import models, scoring
 
 log = logging.getLogger("evaluate")
 
@@ -69,7 +69,7 @@ def predict_split(model, files: list[str], image_size, batch_size: int,
     return np.concatenate(ys), np.concatenate(ps)
 
 
-def score_split(spark, cfg, manifest: dict, model: scoring.ModelRef, labels: tuple[str, ...]):
+def score_split(spark, cfg, manifest: dict, model: models.ModelRef, labels: tuple[str, ...]):
     """Scores the split on the executors; returns the record ids, label texts, label ids and probabilities, in
     record id order."""
     job = scoring.Job(source=cfg.examples, model=model, labels=labels, batch_size=cfg.batch_size, collect=True,

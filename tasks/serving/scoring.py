@@ -10,8 +10,8 @@ Shared by batch scoring (``tasks.score_partition``) and evaluation (``tasks.eval
   the good ones ``batch_size`` at a time, writes its predictions as one Parquet part file and its bad records as
   one quarantine piece into staging folders (``tasks.io.storage``, so ``file://`` and ``hdfs://``), and returns a
   small summary (counts, and for evaluation the probabilities);
-* **which model** and loading it once per Python worker are ``tasks.serving.models``' (re-exported here); each
-  work unit reports whether it paid the load.
+* which model, and loading it once per Python worker, are ``tasks.serving.models``'; each work unit reports
+  whether it paid the load.
 
 Records that fail the checks, and images the model's own decoder refuses (``model_rejected``), are bad: they are
 not scored and go to quarantine with their reason.
@@ -36,8 +36,7 @@ import numpy as np
 from tasks.core import schema
 from tasks.io import commit, storage
 from tasks.prep import image_check, layouts, modality, prep_tasks, tfrecord
-from tasks.serving.models import (KERAS, LABELS_ASSET, PROVENANCE, SERVED, ModelRef, Scorer,  # noqa: F401
-                                  ScoringError, Served, load_scorer, published_versions, resolve_served)
+from tasks.serving.models import ModelRef, Scorer, ScoringError, load_scorer
 
 log = logging.getLogger("scoring")
 

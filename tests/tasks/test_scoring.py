@@ -19,7 +19,7 @@ import pytest
 
 from tasks import evaluate as E
 from tasks import score_partition as S
-from tasks.serving import evaluation, scoring
+from tasks.serving import evaluation, models, scoring
 from tests.conftest import make_partition
 
 DS = "2026-11-20"
@@ -40,7 +40,7 @@ def publish(keras_model, version_dir: Path, labels, task_type: str, image_size, 
     tf.saved_model.save(module, str(version_dir), signatures={"serving_default": module.serve,
                                                               "classify": module.classify})
     (version_dir / "assets.extra").mkdir(exist_ok=True)
-    (version_dir / scoring.PROVENANCE).write_text(json.dumps({"task_type": task_type, "labels": list(labels),
+    (version_dir / models.PROVENANCE).write_text(json.dumps({"task_type": task_type, "labels": list(labels),
                                                               "train_label_counts": train_counts}))
     shutil.rmtree(assets)
 
@@ -131,15 +131,15 @@ def test_a_rerun_replaces_only_its_own_partition(scored, spark):
 
 def test_a_pinned_version_that_is_not_published_fails_with_the_published_ones(scored, spark):
     root, _, _ = scored
-    with pytest.raises(scoring.ScoringError, match=r"version 20261101 .* published: \[20261120\]"):
+    with pytest.raises(models.ScoringError, match=r"version 20261101 .* published: \[20261120\]"):
         S.run(cfg(root, DS, version=20261101), spark)
 
 
 def test_the_model_is_loaded_once_per_process(scored):
     root, _, _ = scored
-    ref = scoring.ModelRef(f"file://{root}/serving/shapes/20261120", scoring.SERVED, "image_classification")
-    first, seconds = scoring.load_scorer(ref)
-    again, none = scoring.load_scorer(ref)
+    ref = models.ModelRef(f"file://{root}/serving/shapes/20261120", models.SERVED, "image_classification")
+    first, seconds = models.load_scorer(ref)
+    again, none = models.load_scorer(ref)
     assert again is first and none is None and (seconds is None or seconds > 0)
 
 
