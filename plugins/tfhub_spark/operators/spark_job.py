@@ -38,7 +38,6 @@ _YARN_APP = re.compile(r"(application_\d+_\d+)")
 _STANDALONE_APP = re.compile(r"Connected to Spark cluster with app ID (app-\d+-\d+)")
 
 
-
 class PipelineSparkSubmitOperator(AttemptFencingMixin, SparkSubmitOperator):
     """Runs ``tasks/<job>.py`` with ``spark-submit``, the ``tasks`` package on ``--py-files``.
 
@@ -208,7 +207,6 @@ class PipelineSparkSubmitOperator(AttemptFencingMixin, SparkSubmitOperator):
         hook.on_line = self._watch_line
         hook.on_submit = self._submitted
         return hook
-
 
     def submit_job(self, context):
         # The provider's resumable path calls this only when it submits a new application (none to reattach to).
