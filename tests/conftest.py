@@ -8,7 +8,7 @@ Every run ends with ``pytest total: N s`` and the ten slowest tests, with their 
 ``make test`` runs the suite on two pytest-xdist workers (``-n 2``): most of a whole-DAG test is
 one busy core (a JVM or a Python starting, the scheduler's loop), so two of them fill the machine's two. The tests
 that share a session fixture which is a running service or a trained DAG run form one group (``GROUPS``), run by
-one worker in file order; the session's files that only need building once (hub module, prepared dataset) are
+one worker in file order, and so do the tests of a file with a module-scoped fixture; the session's files that only need building once (hub module, prepared dataset) are
 built by the first worker that needs them and reused by the other (``built_once``).
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -101,16 +102,24 @@ def pytest_collection_modifyitems(config, items) -> None:
     items.sort(key=lambda item: (group_of(item.nodeid), item.path.name in AFTER_THE_SCHEDULER_TESTS))  # stable
 
 
+@functools.cache
+def has_module_fixtures(path: str) -> bool:
+    """Whether the test file ``path`` (relative to the repository) defines a module-scoped fixture."""
+    return 'scope="module"' in (ROOT / path).read_text()
+
+
 def pytest_xdist_make_scheduler(config, log):
-    """Load scheduling in which a group of ``GROUPS`` is one unit of work (sent whole to one worker) and every other
-    test is a unit of its own, in collection order. (xdist's own ``--dist loadgroup`` marks the groups in the
-    test ids, which pytest 9 no longer lets it do.)"""
+    """Load scheduling in which a group of ``GROUPS`` is one unit of work (sent whole to one worker), so is a file
+    that defines a module-scoped fixture (built once, its tests in file order), and every other test is a unit of
+    its own, in collection order. (xdist's own ``--dist loadgroup`` marks the groups in the test ids, which pytest 9
+    no longer lets it do.)"""
     from xdist.scheduler import LoadScopeScheduling
 
     class GroupScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             k = group_of(nodeid)
-            return GROUPS[k][0] if k < len(GROUPS) else nodeid
+            path = nodeid.split("::")[0]
+            return GROUPS[k][0] if k < len(GROUPS) else path if has_module_fixtures(path) else nodeid
 
     config.option.loadscopereorder = False  # keep the collection order: the groups first, in GROUPS' order
     return GroupScheduling(config, log)

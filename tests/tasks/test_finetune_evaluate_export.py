@@ -70,9 +70,18 @@ def serving_cfg(root, examples, run_dir, version=20261120):
                     version=version)
 
 
+@pytest.fixture(scope="module")
+def published(trained):
+    """The trained model published as version 20261120 of ``serving/shapes``: its URL. The tests that change
+    the version leave one as complete."""
+    root, examples, run_dir, _ = trained
+    return X.run(serving_cfg(root, examples, run_dir))
+
+
 def test_first_evaluation_has_no_baseline_and_writes_the_report(trained):
     root, examples, run_dir, _ = trained
-    blessing = E.run(E.Config(examples=examples, run_dir=run_dir, serving_root=f"file://{root}/serving",
+    # A serving root of its own, empty: the baseline is absent whatever ran before in this module.
+    blessing = E.run(E.Config(examples=examples, run_dir=run_dir, serving_root=f"file://{root}/serving-first",
                               model_name="shapes", min_accuracy=0.0))
     run = root / "runs" / "ds=2026-11-20"
     metrics = json.loads((run / "metrics.json").read_text())
@@ -107,9 +116,9 @@ def test_blessing_reasons():
                                     "0.0200")
 
 
-def test_export_publishes_a_servable_version(trained):
-    root, examples, run_dir, _ = trained
-    url = X.run(serving_cfg(root, examples, run_dir))
+def test_export_publishes_a_servable_version(trained, published):
+    root = trained[0]
+    url = published
     version = root / "serving" / "shapes" / "20261120"
     assert url.endswith("/serving/shapes/20261120") and (version / "saved_model.pb").exists()
     assert (version / "assets" / "labels.txt").read_text().split() == json.loads(
@@ -135,7 +144,7 @@ def test_export_publishes_a_servable_version(trained):
     assert out["class_names"][0] == labels[out["class_ids"][0]]
 
 
-def test_saved_model_cli_lists_predict_and_classify_signatures(trained):
+def test_saved_model_cli_lists_predict_and_classify_signatures(trained, published):
     root = trained[0]
     version = root / "serving" / "shapes" / "20261120"
     cli = Path(sys.executable).parent / "saved_model_cli"
@@ -150,7 +159,7 @@ def test_saved_model_cli_lists_predict_and_classify_signatures(trained):
     assert "outputs['classes']" in out and "outputs['scores']" in out
 
 
-def test_warmup_requests_parse_as_prediction_logs(trained):
+def test_warmup_requests_parse_as_prediction_logs(trained, published):
     from tensorflow_serving.apis import prediction_log_pb2
 
     from tasks.prep import tfrecord
