@@ -79,7 +79,8 @@ def make_plan(raw: layouts.RawPartition, current: vocabulary.Vocabulary, cfg, pa
     members: list[list[prep_tasks.Planned]] = [[] for _ in keys]
     planned, task_of = [], []
     for r, split, problem in zip(raw.records, splits, problems):
-        p = prep_tasks.Planned(r.id, r.label, -1 if problem else ids[r.label], r.source, r.size, problem)
+        p = prep_tasks.Planned(r.id, r.label, r.source, r.size, problem,
+                                label_id=-1 if problem else ids[r.label])
         n = index_of[(split, schema.shard_of(r.id, shards[split]))]
         planned.append(p)
         task_of.append(n)

@@ -35,18 +35,12 @@ QUARANTINE_DETAIL = "quarantine/detail"
 QUARANTINE_SOURCE = "quarantine/source"
 
 
-@dataclasses.dataclass(frozen=True)
-class Planned:
-    """A record as the driver planned it."""
+@dataclasses.dataclass
+class Planned(layouts.RawRecord):
+    """A record as the driver planned it: the listed record and its label's id."""
 
-    id: str
-    label: str
-    label_id: int
-    """Index in the vocabulary; -1 for a record already known to be bad."""
-    source: str
-    """See ``layouts.RawRecord.source``."""
-    size: int
-    problem: tuple[str, str] | None = None
+    label_id: int = -1
+    """Index in the vocabulary; -1 for a record already known to be bad (and for a record scored, not trained on)."""
 
 
 @dataclasses.dataclass(frozen=True)

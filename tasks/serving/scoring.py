@@ -119,7 +119,7 @@ def raw_units(raw: layouts.RawPartition, units_hint: int, unit_records: int) -> 
     A record without a label is scored like any other (the listing's ``unlabelled`` is a prep problem only)."""
     def planned(r: layouts.RawRecord) -> prep_tasks.Planned:
         problem = None if r.problem and r.problem[0] == "unlabelled" else r.problem
-        return prep_tasks.Planned(r.id, r.label, -1, r.source, r.size, problem)
+        return prep_tasks.Planned(r.id, r.label, r.source, r.size, problem)
 
     units: list[Unit] = []
     in_groups: set[int] = set()

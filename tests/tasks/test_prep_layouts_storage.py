@@ -147,7 +147,7 @@ def test_retried_and_speculative_shard_attempts_leave_one_whole_file(tmp_path, s
     else:
         root = f"file://{tmp_path}/store"
     raw = make_partition(tmp_path / "raw", "2026-11-20", num_images=6)
-    records = tuple(prep_tasks.Planned(rel, label, 0, rel, (raw / rel).stat().st_size)
+    records = tuple(prep_tasks.Planned(rel, label, rel, (raw / rel).stat().st_size, label_id=0)
                     for rel, label in sorted(parts.read_rows(raw)[1:]))
     task = prep_tasks.ShardTask(0, "train", "train-00000-of-00001.tfrecord", records)
     staging = commit.new_staging(storage.join(root, "out"))
