@@ -54,17 +54,19 @@ PARTITION = "2026-01-01"
 DS = f"ds={PARTITION}"
 CLASSES = ("cat", "dog", "bird", "fish", "horse", "car", "plane", "ship")
 BAD_EVERY = 400  # one bad file in 400: corrupt, truncated or empty, in turn
+WIDTHS = (320, 640)
+"""The images' smallest and largest width in pixels (``bench_prep_growth.py`` makes smaller ones)."""
 
 
 
-def _image(i: int) -> tuple[str, bytes]:
+def _image(i: int, widths: tuple[int, int] = WIDTHS) -> tuple[str, bytes]:
     """Image ``i``: a smooth random background with a few discs and sensor-like noise, as a JPEG (PNG one in
-    ten), 320 to 640 pixels wide, 4:3."""
+    ten), ``widths[0]`` to ``widths[1]`` pixels wide (320 to 640 by default), 4:3."""
     import numpy as np
     from PIL import Image, ImageDraw
 
     rng = np.random.default_rng(i)
-    w = int(rng.integers(320, 641))
+    w = int(rng.integers(widths[0], widths[1] + 1))
     h = w * 3 // 4
     img = Image.fromarray(rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC)
     d = ImageDraw.Draw(img)
@@ -87,27 +89,29 @@ def _image(i: int) -> tuple[str, bytes]:
     return f"images/{i // 1000:03d}/img-{i:06d}.{ext}", data
 
 
-def _write_image(args: tuple[Path, int]) -> tuple[str, int]:
-    raw, i = args
-    rel, data = _image(i)
+def _write_image(args: tuple[Path, int, tuple[int, int]]) -> tuple[str, int]:
+    raw, i, widths = args
+    rel, data = _image(i, widths)
     path = raw / rel
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return rel, len(data)
 
 
-def make_partition(raw: Path) -> int:
-    """Generates the raw partition once; returns its size in bytes."""
-    params = {"images": NUM_IMAGES, "classes": list(CLASSES), "bad_every": BAD_EVERY, "version": 1}
+def make_partition(raw: Path, num_images: int = NUM_IMAGES, widths: tuple[int, int] = WIDTHS) -> int:
+    """Generates the raw partition of ``num_images`` images once; returns its size in bytes."""
+    params = {"images": num_images, "classes": list(CLASSES), "bad_every": BAD_EVERY, "version": 1}
+    if widths != WIDTHS:  # only then, so that partitions generated before widths were a parameter stay valid
+        params["widths"] = list(widths)
     marker = raw / "_bench_params.json"
     if (raw / run_folder.SUCCESS).exists() and marker.exists() and json.loads(marker.read_text()) == params:
         return sum(p.stat().st_size for p in raw.rglob("*") if p.is_file())
-    say(f"generating {NUM_IMAGES} images into {raw} (once)")
+    say(f"generating {num_images} images into {raw} (once)")
     shutil.rmtree(raw, ignore_errors=True)
     raw.mkdir(parents=True)
     t = time.time()
     with multiprocessing.Pool(os.cpu_count()) as pool:
-        written = pool.map(_write_image, [(raw, i) for i in range(NUM_IMAGES)], chunksize=64)
+        written = pool.map(_write_image, [(raw, i, widths) for i in range(num_images)], chunksize=64)
     # Classes are skewed (the first has four times the share of the last), as real ones are.
     weights = [len(CLASSES) - k // 2 for k in range(len(CLASSES))]
     bag = [c for c, w in zip(CLASSES, weights) for _ in range(w)]
