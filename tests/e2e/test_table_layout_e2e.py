@@ -1,10 +1,11 @@
-"""``layout=table`` through Airflow's real task runner: tables made with Spark SQL in the embedded default's catalog
-(the Hive metastore on Derby and the warehouse that ``scripts/setup_airflow.sh`` configures), read by the DAG's
-``prepare_examples`` with a query that joins a label table and selects the run's partition with ``:ds``.
+"""``layout=table`` through the whole DAG with Airflow's real task runner: tables made with Spark SQL in the embedded
+default's catalog (the Hive metastore on Derby and the warehouse that ``scripts/setup_airflow.sh`` configures), read
+by the DAG's ``prepare_examples`` with a query that joins a label table and selects the run's partition with
+``:ds``, then trained, evaluated and published like any other layout.
 
 The producer is a process of its own, as it would be in production (and must be: the embedded Derby metastore
-admits one process at a time). The DAG's sensor and prep run with ``airflow tasks test`` and the run's params; the
-training stages after them are the same as for any other layout (tests/e2e/test_pipeline_e2e.py).
+admits one process at a time). The DAG runs with ``airflow dags test`` and the run's conf (one epoch on one worker:
+what is checked here is the path of the rows, not the model's quality).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import textwrap
 
 import pytest
 
-from tasks.core import schema
+from tasks.core import run_folder, schema
 from tasks import prepare_examples as P
 from tests.conftest import airflow_sh, setup_airflow_home
 from tests.support import partitions as parts
@@ -54,7 +55,8 @@ QUERY = ("SELECT i.id, l.class AS label, i.image FROM shapes.images i JOIN shape
          "WHERE i.ds = :ds")
 
 
-def test_prepare_examples_reads_a_joined_table_of_the_local_catalog(tmp_path, monkeypatch):
+def test_the_dag_trains_and_publishes_from_a_joined_table_of_the_local_catalog(tmp_path, monkeypatch,
+                                                                                small_hub_module):
     catalog = tmp_path / "catalog"
     monkeypatch.setenv("TFHUB_CATALOG_DIR", str(catalog))
     home, storage = tmp_path / "airflow", tmp_path / "storage"
@@ -69,12 +71,11 @@ def test_prepare_examples_reads_a_joined_table_of_the_local_catalog(tmp_path, mo
     assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
     assert (catalog / "metastore_db").is_dir() and (catalog / "warehouse" / "shapes.db" / "images").is_dir()
 
-    params = json.dumps({"layout": "table", "query": QUERY, "id_column": "id", "num_workers": 1,
-                         "max_bad_fraction": 0.1})
-    res = airflow_sh(f"airflow tasks test tfhub_finetune wait_for_raw_partition {RUN_DATE} -t '{params}' && "
-                     f"airflow tasks test tfhub_finetune prepare_examples {RUN_DATE} -t '{params}'", env, timeout=900)
+    conf = json.dumps({"layout": "table", "query": QUERY, "id_column": "id", "max_bad_fraction": 0.1,
+                       "hub_module": str(small_hub_module), "num_workers": 1, "epochs": 1, "min_accuracy": 0.0})
+    res = airflow_sh(f"airflow dags test tfhub_finetune {RUN_DATE} -c '{conf}'", env, timeout=900)
     out = res.stdout + res.stderr
-    (tmp_path / "tasks-test.log").write_text(out)
+    (tmp_path / "dags-test.log").write_text(out)
     assert res.returncode == 0, out[-6000:]
     assert "layout table reads a Spark SQL table, not a raw folder" in out  # the sensor did not wait for a folder
     assert not (storage / "raw").exists()
@@ -92,3 +93,12 @@ def test_prepare_examples_reads_a_joined_table_of_the_local_catalog(tmp_path, mo
     index = [json.loads(x) for x in open(storage / "quarantine" / f"ds={DS}" / P.QUARANTINE_INDEX)]
     assert [(q["id"], q["reason"]) for q in index] == [("broken", "not_an_image")]
     assert (examples / schema.SUCCESS).exists()
+
+    # Trained, evaluated on the table's test rows and published, like any other layout.
+    assert "state=success" in out, out[-6000:]
+    run = storage / "runs" / f"ds={DS}"
+    metrics = json.loads((run / run_folder.METRICS).read_text())
+    assert metrics["num_examples"] == manifest["counts"]["test"]
+    published = json.loads((run / run_folder.PUBLISHED).read_text())
+    assert published["verified"] is True and published["version"] == 20261120
+    assert (storage / "serving" / "shapes" / "20261120" / "saved_model.pb").exists()
