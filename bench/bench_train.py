@@ -35,7 +35,6 @@ Usage::
 from __future__ import annotations
 
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -43,7 +42,7 @@ import time
 from pathlib import Path
 
 import prelude  # noqa: F401  (first: the repository on sys.path, the environment)
-from prelude import BATCH, DS, say, spark_submit, startup_phases
+from prelude import BATCH, DS, say, startup_phases
 from tasks.core import run_folder
 
 prelude.legacy_keras()
@@ -68,21 +67,9 @@ def make_inputs(work: Path, py_files: Path) -> tuple[Path, Path]:
 
 def train(name: str, work: Path, hub: Path, examples: Path, py_files: Path, workers: int,
           task_cpus: int, batch: int = BATCH) -> tuple[dict, float, float]:
-    """One fine-tuning run; returns its history, when it was submitted, and its median training examples/s."""
-    run_dir = work / "runs" / name
-    shutil.rmtree(run_dir, ignore_errors=True)
-    args = ["--examples", f"file://{examples}", "--run-dir", f"file://{run_dir}", "--storage-root", f"file://{work}",
-            "--hub-module", str(hub), "--num-workers", str(workers), "--epochs", str(EPOCHS), "--batch-size",
-            str(batch), "--fine-tune", "true", "--checkpoint-every-steps", "1000", "--max-restarts", "0"]
-    conf = {"spark.task.cpus": str(task_cpus), "spark.executorEnv.TF_USE_LEGACY_KERAS": "1",
-            "spark.dynamicAllocation.enabled": "false", "spark.python.worker.reuse": "false",
-            "spark.barrier.sync.timeout": "900"}
-    say(f"training: {name} ({workers} barrier workers x {task_cpus} cores, global batch {batch}, {EPOCHS} epochs)")
-    submitted = spark_submit("finetune.py", args, conf, py_files, work / f"train-{name}.log")
-    history = prelude.read_json(run_dir, run_folder.HISTORY)
-    rates = [h["examples_per_sec"] for h in history["history"][1:]]
-    say(f"  {name}: examples/s per epoch {[h['examples_per_sec'] for h in history['history']]}")
-    return history, submitted, statistics.median(rates)
+    """One fine-tuning run of ``EPOCHS`` epochs (``prelude.submit_finetune``); returns its history, when it was
+    submitted, and its median training examples/s."""
+    return prelude.submit_finetune(name, work, hub, examples, py_files, workers, task_cpus, batch, EPOCHS)
 
 
 def input_pipeline_rate(examples: Path, hub: Path, share: list[str], per_worker_batch: int) -> float:

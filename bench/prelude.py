@@ -1,6 +1,7 @@
 """What every benchmark shares: the repository on ``sys.path``, the process environment, progress lines, and the
 jobs run as Airflow runs them (``spark-submit`` of ``tasks/<job>.py`` with the ``tasks`` package zipped on
-``--py-files``), the demo hub module and the fine-tuning start-up timeline read from the job's ``history.json``.
+``--py-files``), the demo hub module, a fine-tuning run (``submit_finetune``) and its start-up timeline read from
+the job's ``history.json``.
 
 Benchmarks use the jobs' public interfaces only (their command lines, ``Config`` and ``run``, and the files they
 write), so a refactor of the internals does not break them silently.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -136,6 +138,27 @@ def prepared_examples(work: Path, examples: Path, ds: str, num_images: int, py_f
 def read_json(folder: Path, name: str) -> dict:
     """A JSON file a job wrote (``run_folder.HISTORY``, ``run_folder.MANIFEST``...)."""
     return json.loads((folder / name).read_text())
+
+
+def submit_finetune(name: str, work: Path, hub: Path, examples: Path, py_files: Path, workers: int, task_cpus: int,
+                    batch: int, epochs: int) -> tuple[dict, float, float]:
+    """One ``tasks/finetune.py`` run through spark-submit on ``local[2]`` (``fine_tune=true``, ``workers`` barrier
+    tasks of ``task_cpus`` cores, global ``batch``); returns its history, when it was submitted, and the median
+    global training examples/s of the epochs after the first (which traces the model)."""
+    run_dir = work / "runs" / name
+    shutil.rmtree(run_dir, ignore_errors=True)
+    args = ["--examples", f"file://{examples}", "--run-dir", f"file://{run_dir}", "--storage-root", f"file://{work}",
+            "--hub-module", str(hub), "--num-workers", str(workers), "--epochs", str(epochs), "--batch-size",
+            str(batch), "--fine-tune", "true", "--checkpoint-every-steps", "1000", "--max-restarts", "0"]
+    conf = {"spark.task.cpus": str(task_cpus), "spark.executorEnv.TF_USE_LEGACY_KERAS": "1",
+            "spark.dynamicAllocation.enabled": "false", "spark.python.worker.reuse": "false",
+            "spark.barrier.sync.timeout": "900"}
+    say(f"training: {name} ({workers} barrier workers x {task_cpus} cores, global batch {batch}, {epochs} epochs)")
+    submitted = spark_submit("finetune.py", args, conf, py_files, work / f"train-{name}.log")
+    history = read_json(run_dir, run_folder.HISTORY)
+    rates = [h["examples_per_sec"] for h in history["history"][1:]]
+    say(f"  {name}: examples/s per epoch {[h['examples_per_sec'] for h in history['history']]}")
+    return history, submitted, statistics.median(rates)
 
 
 def startup_phases(history: dict, submitted: float) -> dict[str, float]:
