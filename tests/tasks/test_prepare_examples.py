@@ -195,3 +195,25 @@ def test_parse_args_validates_fractions():
                 ["--new-label-policy", "ignore"]):
         with pytest.raises(SystemExit):
             P.parse_args(["--raw", "file:///r", "--output", "file:///o", "--partition", "2026-11-20", *bad])
+
+
+def test_shards_are_grouped_into_few_spark_tasks_of_about_the_same_bytes():
+    from tasks.prep import prep_tasks
+    from tasks.prep.shard_job import MAX_SHARDS_PER_TASK, shard_groups, spark_task_count
+
+    def shard(index, sizes):
+        records = tuple(prep_tasks.Planned(f"{index}-{i}", "x", f"{index}-{i}.jpg", n) for i, n in enumerate(sizes))
+        return prep_tasks.ShardTask(index, "train", f"train-{index:05d}", records)
+
+    tasks = [shard(i, [1000 + 37 * i] * (5 + i % 4)) for i in range(32)]
+    groups = shard_groups(tasks, 6)
+    assert len(groups) == 6
+    assert sorted(t.index for g in groups for t in g) == list(range(32))  # every shard once
+    loads = [sum(t.bytes for t in g) for g in groups]
+    assert loads == sorted(loads, reverse=True)  # the heaviest Spark task first
+    assert max(loads) - min(loads) <= max(t.bytes for t in tasks)
+    assert shard_groups(tasks, 6) == groups  # a function of the plan alone
+    assert [len(g) for g in shard_groups(tasks[:3], 6)] == [1, 1, 1]  # never more groups than shards
+    assert [len(g) for g in shard_groups(tasks, 0)] == [32]
+    assert spark_task_count(32, 2) == 6  # three per core
+    assert spark_task_count(1000, 2) == 1000 // MAX_SHARDS_PER_TASK  # and never many shards in one
