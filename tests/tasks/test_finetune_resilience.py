@@ -5,6 +5,7 @@ worker whose traceback reaches the driver's log while the driver relaunches the 
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import io
 import json
@@ -515,7 +516,7 @@ def test_a_frozen_worker_is_caught_by_the_watchdog_and_the_relaunched_stage_fini
                 pid = int(m.group(1))
                 assert psutil.Process(pid).exe() == psutil.Process().exe()  # a Python worker of this test's Spark
                 os.kill(pid, signal.SIGSTOP)
-                frozen.update(pid=pid, at=time.monotonic())
+                frozen.update(pid=pid, at=time.monotonic(), process=psutil.Process(pid))
 
     freezer = Freezer()
     logging.getLogger("finetune.worker").addHandler(freezer)
@@ -527,8 +528,9 @@ def test_a_frozen_worker_is_caught_by_the_watchdog_and_the_relaunched_stage_fini
             history = F.run(cfg, spark)
     finally:
         logging.getLogger("finetune.worker").removeHandler(freezer)
-        if frozen and psutil.pid_exists(frozen["pid"]):
-            os.kill(frozen["pid"], signal.SIGKILL)  # only if Spark has not: the process this test froze
+        if frozen:  # only if Spark has not: the process this test froze, never another that took its pid since
+            with contextlib.suppress(psutil.NoSuchProcess):
+                frozen["process"].kill()
     assert frozen, "worker 1 never started"
     stalled = next(r for r in caplog.records if "watchdog: attempt 0 stalled" in r.getMessage())
     assert "worker 1 (" in stalled.getMessage() and f"pid {frozen['pid']}) silent for" in stalled.getMessage()
