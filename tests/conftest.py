@@ -8,8 +8,9 @@ Every run ends with ``pytest total: N s`` and the ten slowest tests, with their 
 ``make test`` runs the suite on two pytest-xdist workers (``-n 2``): most of a whole-DAG test is
 one busy core (a JVM or a Python starting, the scheduler's loop), so two of them fill the machine's two. The tests
 that share a session fixture which is a running service or a trained DAG run form one group (``GROUPS``), run by
-one worker in file order, and so do the tests of a file with a module-scoped fixture; the session's files that only need building once (hub module, prepared dataset) are
-built by the first worker that needs them and reused by the other (``built_once``).
+one worker in file order, and so do the tests of a file with a module-scoped fixture; the session's files that
+only need building once (hub module, prepared dataset) are built by the first worker that needs them and reused
+by the other (``built_once``).
 """
 
 from __future__ import annotations
