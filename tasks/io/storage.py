@@ -19,7 +19,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlparse
@@ -279,9 +279,21 @@ def _child_path(url: str, rel: str) -> str:
 
 def read_child(url: str, rel: str) -> bytes:
     """The content of the file ``rel`` (a relative path as ``walk`` gives it) under the folder ``url``."""
+    return child_reader(url)(rel)
+
+
+def child_reader(url: str) -> Callable[[str], bytes]:
+    """``read_child`` for many files of the folder ``url``: the folder is resolved once, not for every file (for
+    ``file://`` that was half the cost of reading a small file), and a local file is read with one system call."""
     if scheme(url) == "hdfs":
-        return webhdfs().read_bytes(_child_path(url, rel))
-    return (local_path(url) / rel).read_bytes()
+        return lambda rel: webhdfs().read_bytes(_child_path(url, rel))
+    root = str(local_path(url))
+
+    def read(rel: str) -> bytes:
+        with open(os.path.join(root, rel), "rb", buffering=0) as f:
+            return f.readall()
+
+    return read
 
 
 class _WebHdfsRangeFile(io.RawIOBase):

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import time
 from collections import Counter
 from typing import Callable, Iterable, Iterator
@@ -201,20 +200,6 @@ def _check(record: Planned, data: bytes, ctx: Context) -> tuple:
     return ("good", record.id, record.label, record.label_id, data, info)
 
 
-def _reader(raw: str) -> Callable[[str], bytes]:
-    """What reads a record's file under the raw partition ``raw``, as ``storage.read_child`` does. For ``file://``
-    the folder's URL is resolved once, not for every record (that was half the cost of a read)."""
-    if storage.scheme(raw) != "file":
-        return lambda rel: storage.read_child(raw, rel)
-    root = str(storage.local_path(raw))
-
-    def read(rel: str) -> bytes:
-        with open(os.path.join(root, rel), "rb", buffering=0) as f:
-            return f.readall()
-
-    return read
-
-
 def _read_and_check(r: Planned, ctx: Context, read: Callable[[str], bytes]) -> tuple:
     if not r.source:  # listed but absent: nothing to read or keep
         return _check(r, b"", ctx)
@@ -228,7 +213,7 @@ def _read_and_check(r: Planned, ctx: Context, read: Callable[[str], bytes]) -> t
 def write_files_shard(task: ShardTask, ctx: Context) -> dict:
     """The task of the files layouts: reads, checks and writes the records of one shard; returns its counts."""
     storage.use_webhdfs(ctx.webhdfs)
-    read = _reader(ctx.raw)
+    read = storage.child_reader(ctx.raw)
     return _write(task, ctx, (_read_and_check(r, ctx, read) for r in task.records))
 
 
@@ -239,7 +224,7 @@ def check_files(rows: list[tuple[int, Planned]], ctx: Context) -> Iterator[tuple
         ``(shard task index, checked record)``, as ``check_row_group`` does.
     """
     storage.use_webhdfs(ctx.webhdfs)
-    read = _reader(ctx.raw)
+    read = storage.child_reader(ctx.raw)
     for task_index, record in rows:
         yield task_index, _read_and_check(record, ctx, read)
 

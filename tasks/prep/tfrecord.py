@@ -68,10 +68,7 @@ def require_fast_crc32c() -> None:
 def masked_crc32c(data: bytes) -> int:
     if not _crc32c_checked:
         require_fast_crc32c()
-    return _mask(google_crc32c.value(data))
-
-
-def _mask(crc: int) -> int:
+    crc = google_crc32c.value(data)
     return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
 
 
@@ -166,25 +163,29 @@ def encode_example(features: Mapping[str, FeatureValue]) -> bytes:
     return b"".join(_example(features)[0])
 
 
+def _frame_ends(record: bytes) -> tuple[bytes, bytes]:
+    """What TFRecord framing puts before a record (its length and that length's checksum) and after it (the
+    record's checksum)."""
+    header = struct.pack("<Q", len(record))
+    return header + struct.pack("<I", masked_crc32c(header)), struct.pack("<I", masked_crc32c(record))
+
+
 def frame(record: bytes) -> bytes:
     """One record in TFRecord framing."""
-    header = struct.pack("<Q", len(record))
-    return header + struct.pack("<I", masked_crc32c(header)) + record + struct.pack("<I", masked_crc32c(record))
+    head, tail = _frame_ends(record)
+    return head + record + tail
 
 
 def write_example(f: BinaryIO, features: Mapping[str, FeatureValue]) -> int:
     """Writes ``frame(encode_example(features))`` to an open binary file, the same bytes with the feature values
     copied once (into the record; the frame's header and checksum are written around it); returns the bytes
     written."""
-    if not _crc32c_checked:
-        require_fast_crc32c()
-    pieces, n = _example(features)
-    record = b"".join(pieces)
-    header = struct.pack("<Q", n)
-    f.write(header + struct.pack("<I", _mask(google_crc32c.value(header))))
+    record = encode_example(features)
+    head, tail = _frame_ends(record)
+    f.write(head)
     f.write(record)
-    f.write(struct.pack("<I", _mask(google_crc32c.value(record))))
-    return n + 16
+    f.write(tail)
+    return len(head) + len(record) + len(tail)
 
 
 def write_records(f: BinaryIO, records: Iterable[bytes]) -> int:
