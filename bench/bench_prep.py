@@ -59,7 +59,6 @@ WIDTHS = (320, 640)
 """The images' smallest and largest width in pixels (``bench_prep_growth.py`` makes smaller ones)."""
 
 
-
 def _image(i: int, widths: tuple[int, int] = WIDTHS) -> tuple[str, bytes]:
     """Image ``i``: a smooth random background with a few discs and sensor-like noise, as a JPEG (PNG one in
     ten), ``widths[0]`` to ``widths[1]`` pixels wide (320 to 640 by default), 4:3."""
@@ -228,6 +227,24 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def start_spark(cores: int):
+    """A Spark session ``local[*]`` whose JVM has the jobs' drivers' JIT options, its Python workers already up;
+    its start-up time is said apart (spark-submit pays it once per job, whatever the data)."""
+    from pyspark.sql import SparkSession
+
+    t = time.time()
+    java_options = driver_jit_options()
+    spark = (SparkSession.builder.master("local[*]").appName("bench_prep")
+             .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
+             .config("spark.driver.extraJavaOptions", java_options)
+             .getOrCreate())
+    spark.sparkContext.setLogLevel("ERROR")
+    spark.sparkContext.parallelize(range(cores), cores).count()  # Python workers up
+    say(f"Spark session local[*] ({java_options or 'default JIT'}) started in {time.time() - t:.1f}s (not counted "
+        "below)")
+    return spark
+
+
 def main() -> int:
     import logging
 
@@ -241,19 +258,8 @@ def main() -> int:
     warm_page_cache(raw)
 
     import tensorflow as tf
-    from pyspark.sql import SparkSession
 
-    t = time.time()
-    java_options = driver_jit_options()
-    spark = (SparkSession.builder.master("local[*]").appName("bench_prep")
-             .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
-             .config("spark.driver.extraJavaOptions", java_options)
-             .getOrCreate())
-    spark.sparkContext.setLogLevel("ERROR")
-    spark.sparkContext.parallelize(range(cores), cores).count()  # Python workers up
-    say(f"Spark session local[*] ({java_options or 'default JIT'}) started in {time.time() - t:.1f}s (not counted "
-        "below)")
-
+    spark = start_spark(cores)
     work = Path(tempfile.mkdtemp(prefix="bench-prep-", dir=BENCH_DIR))
     try:
         ours_s, ours_cpu, manifest = run_ours(spark, raw, work / "ours")
