@@ -241,11 +241,15 @@ def _png_pixels_complete(data: bytes) -> bool:
     stride = 1 + width * _PNG_CHANNELS[colour]
     expected = height * stride
     z = isal_zlib.decompressobj()
+    pixels = bytearray()
     try:
-        pixels = z.decompress(b"".join(idat), expected + 1)
+        for chunk in idat:  # chunk by chunk: no joined copy of the compressed stream
+            pixels += z.decompress(chunk, expected + 1 - len(pixels))
+            if z.eof or len(pixels) > expected:
+                break
     except isal_zlib.error:
         return False
-    return (len(pixels) == expected and z.eof and not z.unused_data
+    return (len(pixels) == expected and z.eof and not z.unused_data and chunk is idat[-1]
             and max(pixels[::stride], default=0) <= 4)
 
 

@@ -44,10 +44,13 @@ def make_plan(raw: layouts.RawPartition, current: vocabulary.Vocabulary, cfg, pa
     """
     declared = set(cfg.labels)
     problems = []
+    label_checks: dict[str, image_check.BadRecord | None] = {}  # a partition has few labels: each checked once
     for r in raw.records:
         problem = r.problem
         if problem is None:
-            bad = image_check.label_problem(r.label)
+            if r.label not in label_checks:
+                label_checks[r.label] = image_check.label_problem(r.label)
+            bad = label_checks[r.label]
             if bad is not None:
                 problem = (bad.reason, bad.detail)
             elif declared and r.label not in declared:
