@@ -16,10 +16,10 @@ and a few corrupt, truncated and empty files) into the same sharded TFRecords:
 
 Ours and the baseline run ``BENCH_PREP_REPEATS`` times each, alternating, and the best run of each is compared (as
 the training benchmarks do); the TFRecord files of each pair must be byte-identical, or the benchmark fails. It
-prints records/s of each run, then ``prep_records_per_sec=`` (ours), ``prep_ceiling_records_per_sec=``, ``prep_fraction_of_ceiling=``
-(ours over the ceiling), and ends with ``prep_speedup=<ours/baseline>``. It uses prep's public interface only:
-``prepare_examples.run`` for ours; ``prepare_examples.plan_partition``, ``image_check.check_image`` and
-``prep_tasks.example_bytes`` for the baseline.
+prints records/s of each run, then ``prep_records_per_sec=`` (ours), ``prep_ceiling_records_per_sec=``,
+``prep_fraction_of_ceiling=`` (ours over the ceiling), and ends with ``prep_speedup=<ours/baseline>``. It uses prep's
+public interface only: ``prepare_examples.run`` for ours; ``prepare_examples.plan_partition``,
+``image_check.check_image`` and ``prep_tasks.example_bytes`` for the baseline.
 
 The partition is generated once into ``var/bench/raw/`` (about 1 GB with the defaults, about a minute on two
 cores) and reused. Settings: ``BENCH_PREP_IMAGES`` (default 20000), ``BENCH_PREP_REPEATS`` (default 3),

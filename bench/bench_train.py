@@ -6,9 +6,9 @@ On the same model (the demo hub module's architecture, fine-tuned) and the same 
     (``spark.task.cpus=1``), once as 1 worker with 2 cores (``spark.task.cpus=2``). Throughput is the median of the
     global training examples/s (validation timed apart) of the epochs after the first (which traces the model).
     ``train_scaling_efficiency`` is 2-worker / single-process at the DAG's default global batch (32), the best of
-    ``BENCH_TRAIN_REPEATS`` alternating runs of each: 1.0 means distribution costs nothing on the same cores. The pair is also run at global batch 64 (``BENCH_TRAIN_BATCHES``)
-    and printed on its own line: with 16 images per worker per step the demo model's step is short, and the
-    per-step all-reduce and synchronisation weigh more.
+    ``BENCH_TRAIN_REPEATS`` alternating runs of each: 1.0 means distribution costs nothing on the same cores. The
+    pair is also run at global batch 64 (``BENCH_TRAIN_BATCHES``) and printed on its own line: with 16 images per worker
+    per step the demo model's step is short, and the per-step all-reduce and synchronisation weigh more.
 (b) start-up: seconds from launching spark-submit to the end of the first training step of the 2-worker run, split
     into phases from the job's own timeline (``history.json``): JVM (spark-submit until the Python driver
     starts), Spark session, barrier launch (pre-flight, scheduling, Python workers), TensorFlow import, inputs (files

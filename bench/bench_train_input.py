@@ -55,9 +55,9 @@ WORKERS = 2
 SCALE = 4
 COPIES = int(os.environ.get("BENCH_INPUT_COPIES", "1"))
 """1x is the prepared images' shards this many times over. Before its first step a worker fills its shuffle buffer
-(2048 records, ``tasks.training.model.make_dataset``) or reads its whole share when smaller: with the defaults a worker's
-1x share (about 480 training records) is below that and its 4x share near it, so part of the growth is the buffer
-filling, a cost that stops growing past 2048 records; ``BENCH_INPUT_COPIES=5`` starts above it."""
+(2048 records, ``tasks.training.model.make_dataset``) or reads its whole share when smaller: with the defaults a
+worker's 1x share (about 480 training records) is below that and its 4x share near it, so part of the growth is the
+buffer filling, a cost that stops growing past 2048 records; ``BENCH_INPUT_COPIES=5`` starts above it."""
 
 
 def make_inputs(work: Path, py_files: Path) -> tuple[Path, Path, Path]:

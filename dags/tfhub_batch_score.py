@@ -5,7 +5,8 @@ choose_run -> wait_for_raw_partition -> score_partition -> summarize
 Scheduled on the ``tfhub_served_model`` Asset, partition by partition (``PartitionedAssetTimetable``): each
 publication of a partition by ``tfhub_finetune`` makes one run with that partition key, which scores that partition
 with the version just published, replacing that day's predictions. A manual run scores its partition key (the
-trigger form's Partition Key) with the model's highest published version, or the ``version`` param. Predictions go to ``<data>/predictions/<model>/ds=<partition>/``; records that do not decode to
+trigger form's Partition Key) with the model's highest published version, or the ``version`` param. Predictions
+go to ``<data>/predictions/<model>/ds=<partition>/``; records that do not decode to
 ``<data>/quarantine/predictions/<model>/ds=<partition>/``.
 
 Wiring only: scoring runs on the Spark executors in ``tasks/score_partition.py`` (the model loaded once per Python

@@ -6,8 +6,9 @@ module tokenizes inside the graph). The label vocabulary travels as an asset (``
 
 Signatures, for both of TF Serving's APIs:
 
-* ``serving_default`` (Predict): ``image_bytes`` or ``text`` (string[N]) -> ``probabilities`` (float[N, C]), ``class_ids``
-  (int64[N]), ``class_names`` (string[N]), ``labels`` (string[N, C], the class of each probability column);
+* ``serving_default`` (Predict): ``image_bytes`` or ``text`` (string[N]) -> ``probabilities`` (float[N, C]),
+  ``class_ids`` (int64[N]), ``class_names`` (string[N]), ``labels`` (string[N, C], the class of each probability
+  column);
 * ``classify`` (Classify, method ``tensorflow/serving/classify``): ``inputs`` (serialized ``tf.train.Example``
   with the image bytes under ``image/encoded``, or the text under ``text``) -> ``classes`` (string[N, C]) and
   ``scores`` (float[N, C]).

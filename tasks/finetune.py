@@ -22,7 +22,8 @@ Surviving a lost worker: the chief checkpoints with ``BackupAndRestore`` every `
 locally, and commits each checkpoint to ``<run_dir>/checkpoints`` as a new version, its pointer written last
 (``TrainingStore``); every worker fetches the last committed one before a restart. A failed barrier stage is not
 retried by Spark ("Could not recover from a failed barrier ResultStage"), so the driver catches the failed job and
-relaunches the stage, up to ``max_restarts`` times; Keras resumes from the checkpoint's epoch and step. Failures reach the driver in bounded time:
+relaunches the stage, up to ``max_restarts`` times; Keras resumes from the checkpoint's epoch and step. Failures reach
+the driver in bounded time:
 
 - a worker process that dies: Spark fails its task at once (the executor reads EOF) and kills the others;
 - a worker that freezes in training: TensorFlow's coordination service misses its heartbeats and fails its peers'
@@ -32,8 +33,9 @@ relaunches the stage, up to ``max_restarts`` times; Keras resumes from the check
 - a worker waiting at a Spark barrier: ``spark.barrier.sync.timeout`` (set to 900 s when this job creates the
   Spark context) and the watchdog.
 
-Logs: every worker sends its log records, progress and, on failure, its traceback to the driver (``tasks.training.logrelay``),
-which logs them: on a cluster a worker's stderr is in its executor's log, not in the Airflow task log.
+Logs: every worker sends its log records, progress and, on failure, its traceback to the driver
+(``tasks.training.logrelay``), which logs them: on a cluster a worker's stderr is in its executor's log, not in the
+Airflow task log.
 
 GPUs: a task given GPUs by Spark (``spark.task.resource.gpu.amount``) sees only those (``CUDA_VISIBLE_DEVICES``);
 a task given none sees no GPU and trains on its CPU cores.

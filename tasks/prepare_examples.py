@@ -90,7 +90,8 @@ class Config:
     """``image_classification`` or ``text_classification`` (``tasks.prep.modality``); written into the manifest, where
     the later stages read it."""
     layout: str = "manifest"
-    """Input layout: ``manifest``, ``folders``, ``parquet``, or for text ``csv`` (see ``tasks.prep.layouts.LAYOUTS``)."""
+    """Input layout: ``manifest``, ``folders``, ``parquet``, or for text ``csv`` (see
+    ``tasks.prep.layouts.LAYOUTS``)."""
     labels_file: str = "labels.csv"
     """The labels manifest inside the raw partition (manifest layout): CSV, or Parquet when it ends in .parquet."""
     id_column: str = ""

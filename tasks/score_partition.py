@@ -3,8 +3,8 @@
 Input: a raw partition (``--raw``, in any layout data prep reads, with the same readers and checks; labels are
 not needed, and kept in the output when given) or a split of a prepared dataset (``--examples`` and ``--split``).
 The model: the highest published version of ``--model-name`` under ``--serving-root``, or ``--version``. The task
-type is the model's (its ``provenance.json``). Scored on the executors by ``tasks.serving.scoring``, the model loaded once
-per Python worker.
+type is the model's (its ``provenance.json``). Scored on the executors by ``tasks.serving.scoring``, the model loaded
+once per Python worker.
 
 Output ``<output>/`` (``predictions/<model>/ds=…/``), committed whole by renaming a staging folder into place,
 ``_SUCCESS`` last, so a rerun replaces this partition's predictions and nothing else::
@@ -80,7 +80,8 @@ class Config:
     text_column: str = "text"
     """Column of the text (text tables)."""
     quarantine: str = ""
-    """Storage URL for the bad records; empty: ``<output's great-grandparent>/quarantine/predictions/<model>/ds=…``."""
+    """Storage URL for the bad records; empty:
+    ``<output's great-grandparent>/quarantine/predictions/<model>/ds=…``."""
     max_bad_fraction: float = 0.05
     """Fail when a larger fraction of the records is bad (they are in quarantine first)."""
     drift_threshold: float = 0.25
@@ -241,9 +242,9 @@ def run(cfg: Config, spark=None) -> dict:
         stats = build_stats(cfg, served, partition, results, total, wall)
         manifest = {"partition": partition, "model_name": cfg.model_name, "model_version": served.version,
                     "model_url": served.url, "task_type": served.task_type, "labels": list(served.labels),
-                    "source": source, "split": None if cfg.raw else cfg.split, "columns": list(scoring.PREDICTION_COLUMNS),
-                    "files": [scoring.part_name(u.index) for u in units], "quarantine": quarantine,
-                    "config": json.loads(runtime.config_json(cfg))}
+                    "source": source, "split": None if cfg.raw else cfg.split,
+                    "columns": list(scoring.PREDICTION_COLUMNS), "files": [scoring.part_name(u.index) for u in units],
+                    "quarantine": quarantine, "config": json.loads(runtime.config_json(cfg))}
         commit.publish_with_success(staging, cfg.output, {STATS: stats, MANIFEST: manifest})
     except BaseException:
         storage.remove(staging)

@@ -6,8 +6,9 @@ A run scores one date partition with one published version of one model:
   ``version`` param, else the model's highest published version (resolved by the Spark job, which sees the
   serving root);
 * a run of the partitioned Asset schedule (one per published partition), triggered by the served-model Asset:
-  the model that was just published, if it is the model this DAG scores (``model_name``): the partition it was trained on (its version is that date) with exactly that version, so
-  that day's predictions are replaced by the new model's. An event for another model skips the run.
+  the model that was just published, if it is the model this DAG scores (``model_name``): the partition it was
+  trained on (its version is that date) with exactly that version, so that day's predictions are replaced by the new
+  model's. An event for another model skips the run.
 """
 
 from __future__ import annotations

@@ -53,7 +53,8 @@ class Config:
     pretext_size: int = 112
     """Side of the generated pretext training images. The network is convolutional with global pooling, so the
     weights learned at a smaller size serve ``image_size`` (progressive resizing); training ran at 12-13 images/s
-    at 112 px here against about 4 at 224. Batch norm is then calibrated, and the pretext task validated, at ``image_size``."""
+    at 112 px here against about 4 at 224. Batch norm is then calibrated, and the pretext task validated, at
+    ``image_size``."""
     pretext_images: int = 2400
     """Distinct generated pretext training images, cycled through by the steps (spread over the pretext
     classes); 0: save it untrained."""
@@ -158,7 +159,8 @@ def pretrain(extractor, cfg: Config) -> dict:
             pretext_accuracy(small, head, vx, vy, cfg.batch_size), 4)
         log.info("pretext validation accuracy at %d px: %.3f on %d images", cfg.pretext_size,
                  reached["pretext_val_accuracy_at_pretext_size"], len(vx))
-    return {**reached, "pretext_train_seconds": round(train_s, 1), "pretext_train_images": cfg.pretext_steps * cfg.batch_size,
+    return {**reached, "pretext_train_seconds": round(train_s, 1),
+            "pretext_train_images": cfg.pretext_steps * cfg.batch_size,
             "pretext_last_loss": round(float(hist.history["loss"][-1]), 4),
             "pretext_train_accuracy": round(float(hist.history["accuracy"][-1]), 4), "head": head}
 

@@ -3,8 +3,8 @@
 Two disjoint families are drawn here:
 
 * ``TARGET_CLASSES``: filled shapes that the demo dataset labels and the pipeline learns to classify.
-* ``PRETEXT_CLASSES``: other filled shapes, outlines, stripes and textures that the demo hub module is pre-trained on. None of
-  them is a target class, so fine-tuning on the target classes is transfer learning: the module brings edge,
+* ``PRETEXT_CLASSES``: other filled shapes, outlines, stripes and textures that the demo hub module is pre-trained
+  on. None of them is a target class, so fine-tuning on the target classes is transfer learning: the module brings edge,
   corner, curvature and orientation features, not the answer.
 """
 

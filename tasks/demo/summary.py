@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     metrics = json.loads(metrics_path.read_text())
     print()
     print(f"partition        {a.ds}")
-    print(f"test accuracy    {metrics['accuracy']:.4f} on {metrics['num_examples']} examples (loss {metrics['loss']:.4f})")
+    print(f"test accuracy    {metrics['accuracy']:.4f} on {metrics['num_examples']} examples "
+          f"(loss {metrics['loss']:.4f})")
     print(f"trained model    {run_dir / run_folder.MODEL}")
     print(f"metrics          {metrics_path}")
     print(f"history          {run_dir / run_folder.HISTORY}")

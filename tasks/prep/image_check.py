@@ -16,9 +16,10 @@ Two checks give the same verdicts:
   every byte of every scan, which is where truncation and corruption show, but skips most of the inverse DCT and
   colour conversion; strict turns each of libjpeg's warnings, such as corrupt data or a premature end, into a
   failure), and for a plain 8-bit PNG it inflates the pixel data (ISA-L's inflate, about 1.6 times zlib's here)
-  and checks its length and row filters without unfiltering it, which is all PIL's decoder can fail on. Whatever that finds wrong, and any image outside those cases, gets the full
-  decode, so every rejection carries exactly the reference's reason and detail; a valid image is never decoded
-  twice. ``tests/tasks/test_image_check.py`` compares the two on damaged images of every kind.
+  and checks its length and row filters without unfiltering it, which is all PIL's decoder can fail on. Whatever that
+  finds wrong, and any image outside those cases, gets the full decode, so every rejection carries exactly the
+  reference's reason and detail; a valid image is never decoded twice. ``tests/tasks/test_image_check.py`` compares the
+  two on damaged images of every kind.
 """
 
 from __future__ import annotations

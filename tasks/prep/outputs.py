@@ -28,7 +28,8 @@ def write_quarantine(q_staging: str, cfg, partition: str, results: list[dict], t
     bad = sorted(((*b, r["quarantine_file"]) for r in results for b in r["bad"]), key=lambda b: (b[0], b[4]))
     lines = [json.dumps({"id": b[0], "label": b[1], "reason": b[2], "detail": b[3], "source": b[4], "bytes": b[5],
                          "file": b[6]}, sort_keys=True) for b in bad]
-    commit.write_text_atomic(storage.join(q_staging, run_folder.QUARANTINE_INDEX), "".join(line + "\n" for line in lines))
+    commit.write_text_atomic(storage.join(q_staging, run_folder.QUARANTINE_INDEX),
+                             "".join(line + "\n" for line in lines))
     summary = {"partition": partition, "source": input_name(cfg), "records": total, "bad": len(bad),
                "reasons": dict(sorted(Counter(b[2] for b in bad).items())),
                "files": sorted({b[6] for b in bad}), "reason_codes": image_check.REASONS}

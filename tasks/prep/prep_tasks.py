@@ -13,9 +13,9 @@ through WebHDFS) and writes:
 Both are functions of the records alone, so a retried or speculative attempt writes the same bytes, and each file
 appears complete or not at all (``commit.atomic_writer``).
 
-For the table layouts (Parquet; CSV for text) the bytes are inside Parquet row groups or CSV files that hold records of every shard: one task per row
-group reads and checks them (``check_row_group``) and Spark shuffles the results to the shard writers
-(``write_checked``). A Spark SQL table's rows (layout ``table``) are checked where the query gives them
+For the table layouts (Parquet; CSV for text) the bytes are inside Parquet row groups or CSV files that hold records of
+every shard: one task per row group reads and checks them (``check_row_group``) and Spark shuffles the results to the
+shard writers (``write_checked``). A Spark SQL table's rows (layout ``table``) are checked where the query gives them
 (``check_table_rows``), then shuffled the same way; a table of image paths is read as files are.
 """
 

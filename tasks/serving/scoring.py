@@ -3,8 +3,8 @@
 Shared by batch scoring (``tasks.score_partition``) and evaluation (``tasks.evaluate``). It owns:
 
 * **which records**: work units (``Unit``) of a raw partition in any input layout, listed on the driver by
-  ``tasks.prep.layouts`` and read and checked on the executors by ``tasks.prep.prep_tasks`` (the same readers and checks as
-  data prep), or the TFRecord shards of a prepared split;
+  ``tasks.prep.layouts`` and read and checked on the executors by ``tasks.prep.prep_tasks`` (the same readers and checks
+  as data prep), or the TFRecord shards of a prepared split;
 * **the Spark job** (``execute``): an RDD ``mapPartitions`` on the executors, one Spark task per unit (units of a
   small input packed into fewer tasks, ``task_groups``), where each unit reads its records where they are, scores
   the good ones ``batch_size`` at a time, writes its predictions as one Parquet part file and its bad records as

@@ -115,8 +115,8 @@ def make_dataset(files: list[str], image_size: tuple[int, int] | None, batch_siz
     ds = tf.data.Dataset.from_tensor_slices(list(files))
     if training:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.interleave(read_file or tf.data.TFRecordDataset, cycle_length=min(4, len(files)), num_parallel_calls=AUTOTUNE,
-                       deterministic=not training)
+    ds = ds.interleave(read_file or tf.data.TFRecordDataset, cycle_length=min(4, len(files)),
+                       num_parallel_calls=AUTOTUNE, deterministic=not training)
     if shard is not None:
         ds = ds.shard(*shard)
     if training:
@@ -360,7 +360,8 @@ class BackupAndRestoreHook(tf.keras.callbacks.BackupAndRestore):
             self.after_backup(int(epoch), int(batch) + 1)
 
 
-def read_split(examples_dir: str, manifest: dict, split: str, limit: int | None = None) -> tuple[list[bytes], list[int]]:
+def read_split(examples_dir: str, manifest: dict, split: str,
+               limit: int | None = None) -> tuple[list[bytes], list[int]]:
     """Inputs as stored (encoded images, or UTF-8 texts) and label ids of a split, in manifest file order (for
     scoring exported models, which take them as they are)."""
     feature = modality.of_manifest(manifest).feature
