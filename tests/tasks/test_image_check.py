@@ -290,3 +290,54 @@ def test_the_shard_task_quarantines_damaged_jpegs_with_the_reference_reasons(tmp
     assert got == want and len(want) > 40
     assert result["records"] == len(files) - len(want)
     assert Path(out / task.name).stat().st_size > 0
+
+
+def _with_segment(jpeg: bytes, marker: int, body: bytes) -> bytes:
+    """``jpeg`` with a segment inserted right after its start-of-image marker."""
+    return jpeg[:2] + bytes([0xFF, marker]) + struct.pack(">H", len(body) + 2) + body + jpeg[2:]
+
+
+def _with_frame_size(jpeg: bytes, width: int, height: int) -> bytes:
+    sof = jpeg.index(b"\xff\xc0")
+    return jpeg[:sof + 5] + struct.pack(">HH", height, width) + jpeg[sof + 9:]
+
+
+def _header_variants() -> dict[str, tuple[bytes, bool]]:
+    """JPEGs whose headers PIL treats differently from libjpeg, or parses itself: ``{name: (data, plain)}``, where
+    ``plain`` says whether the check may skip PIL's parse of the headers."""
+    picture = _picture((96, 72), 9)
+    base = _encoded(picture, "JPEG", quality=85)
+    exif = Image.Exif()
+    exif[0x010F] = "maker"
+    short_dqt = base.replace(b"\xff\xdb\x00\x43", b"\xff\xdb\x00\x33", 1)  # the table runs past its segment
+    return {
+        "jfif": (base, True),
+        "comment": (_with_segment(base, 0xFE, b"a comment"), True),
+        "xmp": (_with_segment(base, 0xE1, b"http://ns.adobe.com/xap/1.0/\x00<x/>"), True),
+        "exif": (_encoded(picture, "JPEG", quality=85, exif=exif), False),  # PIL reads it when opening
+        "exif-broken": (_with_segment(base, 0xE1, b"Exif\x00\x00MM\x00\x2a\x00\x00\xff\xff"), False),
+        "icc": (_encoded(picture, "JPEG", quality=85, icc_profile=b"\x00" * 200), False),
+        "mpf": (_with_segment(base, 0xE2, b"MPF\x00" + b"\x00" * 16), False),  # PIL may open it as MPO
+        "adobe-cmyk": (_encoded(picture.convert("CMYK"), "JPEG", quality=85), False),
+        "jfif-short": (_with_segment(base[:2] + base[20:], 0xE0, b"JFIF\x00\x01"), False),  # PIL: struct.error
+        "dqt-short": (short_dqt, False),
+        "huge-frame": (_with_frame_size(base, 20000, 20000), False),  # out of bounds; a bomb for PIL
+        "tiny-frame": (_with_frame_size(base, 4, 4), False),
+    }
+
+
+def test_plain_jpegs_skip_pils_header_parse_and_the_others_keep_it(monkeypatch):
+    """Only the JPEGs whose headers PIL opens without parsing anything that could fail are checked without it;
+    every variant gets the reference's verdict either way."""
+    variants = _header_variants()
+    assert differences({name: data for name, (data, _) in variants.items()}) == {}
+    opened = []
+    real = image_check._opened
+    monkeypatch.setattr(image_check, "_opened", lambda data: (opened.append(data), real(data))[1])
+    for name, (data, plain) in variants.items():
+        opened.clear()
+        verdict(image_check.check_image, data)
+        assert (opened == []) == plain, name
+    reasons = {name: verdict(image_check.check_image_full, data)[0] for name, (data, _) in variants.items()}
+    assert reasons["jfif"] == reasons["exif"] == reasons["icc"] == "valid"
+    assert {reasons["huge-frame"], reasons["tiny-frame"]} <= {"too_large", "too_small", "corrupt", "truncated"}
