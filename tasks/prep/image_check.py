@@ -209,10 +209,11 @@ def _plain_jpeg_size(data: bytes, bounds: Bounds) -> tuple[int, int] | None:
     """``(width, height)`` of a JPEG whose headers PIL is known to open as a JPEG of that size, within ``bounds``;
     None for anything else (the caller then opens it with PIL, as the reference does).
 
-    Plain: JFIF or no APP0, no Exif (PIL parses it when opening), no APP2 (an ICC profile, or MPF, which makes
-    PIL open the file as MPO) and no other APP segment that PIL parses (Photoshop, Adobe), quantization tables
-    that PIL's parser accepts, one 8-bit frame of 1 or 3 components, every segment complete up to the start of
-    scan, and no more pixels than PIL opens without a decompression-bomb warning. Walking them costs a few
+    Plain: an APP0 PIL reads whole (a JFIF one of at least 14 bytes, or another), no Exif (PIL parses it when
+    opening), no APP2 (an ICC profile, or MPF, which makes PIL open the file as MPO) and no other APP segment that
+    PIL parses (Photoshop, Adobe), quantization tables that PIL's parser accepts, one 8-bit frame of 1 or 3
+    components, every segment complete up to the start of scan, and no more pixels than PIL opens without a
+    decompression-bomb warning. Walking them costs a few
     microseconds; PIL's own parse of the same headers (in Python) cost about 8% of the whole check."""
     if not data.startswith(b"\xff\xd8\xff"):
         return None
