@@ -156,8 +156,9 @@ def ensure_examples() -> tuple[Path, list[str]]:
         return [tfrecord.encode_example({modality.IMAGE.feature: (part / r["path"]).read_bytes(),
                                          schema.LABEL: labels.index(r["label"])}) for r in chosen]
 
-    shards = {split: [encoded(chosen[s::n]) for s in range(n)]
-              for split, chosen in splits.items() for n in [2 if split == "train" else 1]}
+    files_of = {"train": 2, "eval": 1, "test": 1}
+    shards = {split: [encoded(chosen[s::files_of[split]]) for s in range(files_of[split])]
+              for split, chosen in splits.items()}
     write_prepared(examples, shards, {
         "partition": DS, "task_type": modality.IMAGE.task_type, "labels": labels,
         "label_counts": {k: {lab: sum(r["label"] == lab for r in v) for lab in labels} for k, v in splits.items()}})

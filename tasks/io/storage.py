@@ -258,7 +258,7 @@ def walk(url: str, include_hidden: bool = False) -> list[tuple[str, int]]:
     root = local_path(url)
     if not root.is_dir():
         raise StorageError(f"{url} " + ("is a file, not a folder" if root.exists() else "does not exist"))
-    # os.scandir, not os.walk and pathlib: one stat a file and no path objects (20,000 files: 0.3 s, not 0.9).
+    # os.scandir, not os.walk and pathlib: one stat a file and no path objects (20,000 files: 0.14 s, not about 0.45).
     # As os.walk does, a link to a folder is not followed, and a link to a file has its target's size.
     pending = [("", str(root))]
     while pending:

@@ -1,10 +1,10 @@
 """Whether a record's bytes are an image that training can decode, within the configured size bounds.
 
 Runs in Spark executors: PIL, libjpeg-turbo (``simplejpeg``) and ISA-L's inflate (``isal``), no TensorFlow. An
-image passes when PIL identifies it as JPEG or PNG (the
-formats the training input and the served model decode), ``verify()`` accepts its structure (PNG chunk checksums),
-its sides are within bounds, and its pixel data decodes, which is what catches a truncated or corrupt file. A
-corrupt image is rejected before it can stop a training job hours later.
+image passes when PIL identifies it as JPEG or PNG (the formats the training input and the served model decode),
+``verify()`` accepts its structure (PNG chunk checksums), its sides are within bounds, and its pixel data decodes,
+which is what catches a truncated or corrupt file. A corrupt image is rejected before it can stop a training job
+hours later.
 
 Every rejection is a ``BadRecord`` with a reason code from ``REASONS`` and a detail naming what was found.
 
@@ -20,8 +20,8 @@ Two checks give the same verdicts:
   plain 8-bit PNG it inflates the pixel data (ISA-L's inflate, about 1.6 times zlib's here) and checks its length
   and row filters without unfiltering it, which is all PIL's decoder can fail on. Whatever that finds wrong, and
   any image outside those cases, gets the full decode, so every rejection carries exactly the reference's reason
-  and detail; a valid image is never decoded twice. ``tests/tasks/test_image_check.py`` compares the
-  two on damaged images of every kind.
+  and detail; a valid image is never decoded twice. ``tests/tasks/test_image_check.py`` compares the two on
+  damaged images of every kind.
 """
 
 from __future__ import annotations
@@ -190,10 +190,8 @@ def check_image(data: bytes, bounds: Bounds) -> ImageInfo:
         return ImageInfo(FORMATS["JPEG"], *plain)
     with _opened(data) as im:
         fmt, width, height = _identify(im, data, bounds)
-    if plain is not None:  # a plain JPEG that libjpeg does not decode cleanly
-        decoded = False
-    else:
-        decoded = _jpeg_decodes_at_reduced_scale(data) if fmt == "JPEG" else _png_pixels_complete(data)
+    # A plain JPEG got here because libjpeg did not decode it cleanly: no second try.
+    decoded = plain is None and (_jpeg_decodes_at_reduced_scale(data) if fmt == "JPEG" else _png_pixels_complete(data))
     if not decoded:  # damaged, or a case the fast check does not cover: the reference decides, and says why
         _full_decode(data, fmt)
     return ImageInfo(FORMATS[fmt], width, height)
@@ -213,8 +211,8 @@ def _plain_jpeg_size(data: bytes, bounds: Bounds) -> tuple[int, int] | None:
     opening), no APP2 (an ICC profile, or MPF, which makes PIL open the file as MPO) and no other APP segment that
     PIL parses (Photoshop, Adobe), quantization tables that PIL's parser accepts, one 8-bit frame of 1 or 3
     components, every segment complete up to the start of scan, and no more pixels than PIL opens without a
-    decompression-bomb warning. Walking them costs a few
-    microseconds; PIL's own parse of the same headers (in Python) cost about 8% of the whole check."""
+    decompression-bomb warning. Walking them costs a few microseconds; PIL's own parse of the same headers (in
+    Python) cost about 8% of the whole check."""
     if not data.startswith(b"\xff\xd8\xff"):
         return None
     pos, end, size = 2, len(data), None
@@ -310,13 +308,14 @@ def _png_pixels_complete(data: bytes) -> bool:
     z = isal_zlib.decompressobj()
     pixels = bytearray()
     try:
-        for chunk in idat:  # chunk by chunk: no joined copy of the compressed stream
+        for last, chunk in enumerate(idat, 1 - len(idat)):  # chunk by chunk: no joined copy of the stream
             pixels += z.decompress(chunk, expected + 1 - len(pixels))
             if z.eof or len(pixels) > expected:
                 break
     except isal_zlib.error:
         return False
-    return (len(pixels) == expected and z.eof and not z.unused_data and chunk is idat[-1]
+    # ``last`` is 0 at the last chunk: the stream must end there, as it had to end with the joined chunks.
+    return (len(pixels) == expected and z.eof and not z.unused_data and last == 0
             and max(pixels[::stride], default=0) <= 4)
 
 
