@@ -1,10 +1,10 @@
 """The real-size module (MobileNetV2 1.0 at 224×224, ``tasks.demo.make_mobilenet_module``): built with a tiny
-pre-training, it has TF Hub's feature-vector interface, and the project's model code fine-tunes it.
+pre-training, it has TF Hub's feature-vector interface, the project's model code fine-tunes it, and the barrier job
+fine-tunes it and the export publishes it.
 
-Slow for a unit test (saving MobileNetV2 traces its call functions; tracing a training graph of it would add a
-minute or more on 2 cores), so the module is built once for the file, with two eager pre-training steps on small
-images and four calibration images, and the fine-tuning steps run eagerly: the traced ``fit`` path of the same code
-is what the small module's tests and the end-to-end tests run; what is specific here is the module."""
+The module is built once for the file, with two eager pre-training steps on small images and four calibration
+images. The in-process fine-tuning steps run eagerly (tracing MobileNetV2's training graph costs seconds that the
+barrier job's test spends anyway). About 80 s in all here, 50 of them the barrier job and the export."""
 
 from __future__ import annotations
 
@@ -35,7 +35,6 @@ def test_builder_options_come_from_its_config():
     assert (cfg.pretext_steps, cfg.batch_size, cfg.image_size) == (3, 4, 224)
 
 
-@pytest.mark.nightly
 def test_the_module_has_the_tf_hub_feature_vector_interface(realsize_module, tmp_path):
     out, info = realsize_module
     runtime.set_legacy_keras()
@@ -69,7 +68,6 @@ def test_the_module_has_the_tf_hub_feature_vector_interface(realsize_module, tmp
     assert not np.allclose(inference.numpy(), training.numpy())
 
 
-@pytest.mark.nightly
 def test_the_project_model_code_fine_tunes_it(realsize_module, tmp_path):
     """A few fine-tuning steps through ``tasks.training.model`` on four generated images of 240 px (decoded and resized to 224
     by the project's input pipeline): the module's weights move and the training loss goes down."""
@@ -107,3 +105,35 @@ def test_the_project_model_code_fine_tunes_it(realsize_module, tmp_path):
     assert losses[-1] < losses[0], losses
     after = hub_layer.trainable_weights[:3]
     assert any(not np.allclose(b, a.numpy()) for b, a in zip(before, after))
+
+
+def test_the_barrier_job_fine_tunes_it_and_the_export_publishes_it(realsize_module, spark, tmp_path):
+    """The path of ``make demo SIZE=real`` at the smallest size: 24 generated JPEG/PNG images of 240–320 px,
+    prepared, fine-tuned (``fine_tune``, the module at a tenth of the head's rate) by 2 barrier workers for one
+    epoch, then exported and verified in a fresh process."""
+    from tasks import export_model as X
+    from tasks import finetune as F
+    from tasks import prepare_examples as P
+    from tasks.demo import make_dataset
+
+    out, _ = realsize_module
+    raw = tmp_path / "raw"
+    make_dataset.run(make_dataset.Config(raw_root=f"file://{raw}", ds="2026-11-20", num_images=24, min_size=240,
+                                         max_size=320, seed=3))
+    examples = f"file://{tmp_path}/examples/ds=2026-11-20"
+    P.run(P.Config(raw=f"file://{raw}/ds=2026-11-20", output=examples, partition="2026-11-20", min_shards=2,
+                   split_fractions=(0.6, 0.2, 0.2)), spark)
+    run_dir = f"file://{tmp_path}/runs/ds=2026-11-20"
+    history = F.run(F.Config(examples=examples, run_dir=run_dir, storage_root=f"file://{tmp_path}",
+                             hub_module=str(out), num_workers=2, epochs=1, batch_size=4, fine_tune=True,
+                             module_lr_scale=0.1), spark)
+    saved = json.loads((tmp_path / "runs/ds=2026-11-20/history.json").read_text())
+    assert saved["num_workers"] == 2 and saved["image_size"] == [224, 224]
+    assert len(history["history"]) == 1 and np.isfinite(history["history"][0]["loss"])
+
+    url = X.run(X.Config(run_dir=run_dir, examples=examples, serving_root=f"file://{tmp_path}/serving",
+                         model_name="shapes_real", version=20261120))
+    version = tmp_path / "serving" / "shapes_real" / "20261120"
+    assert url.endswith("/serving/shapes_real/20261120") and (version / "saved_model.pb").exists()
+    published = json.loads((tmp_path / "runs/ds=2026-11-20/published.json").read_text())
+    assert published["verified"] is True and published["version"] == 20261120
