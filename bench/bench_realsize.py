@@ -8,8 +8,9 @@ On the same generated data (the demo's four target classes, drawn by ``tasks.dem
     untrained (``--pretext-steps 0``, its batch norm calibrated the same way), each fine-tuned with the project's
     model code (``tasks.training.model``: ``build_model`` with ``fine_tune=True``, ``make_dataset`` decoding and
     resizing to 224, ``compile_for_training`` at the DAG's learning rate, the module at ``MODULE_LR_SCALE`` of it)
-    in one process on the machine's cores, as one worker of ``tasks/finetune.py`` trains. ``realsize_transfer_gain`` is the evaluation accuracy of the pre-trained
-    one minus that of the untrained one, on the held-out images, with the modules in inference mode.
+    in one process on the machine's cores, as one worker of ``tasks/finetune.py`` trains. ``realsize_transfer_gain``
+    is the evaluation accuracy of the pre-trained one minus that of the untrained one, on the held-out images, with
+    the modules in inference mode.
 (b) speed against a ceiling: training examples/s of that fine-tuning (steps after the first two, input pipeline
     included), against the bare tf-keras MobileNetV2 under the same head trained on one in-memory batch of the
     same size (no hub layer, no input pipeline): the forward and backward pass alone, measured in the same run.

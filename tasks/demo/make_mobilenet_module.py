@@ -47,7 +47,7 @@ class Config:
     """Input height and width the module expects (and the size of the images that calibrate its batch norm)."""
     pretext_steps: int = 1200
     """Pre-training steps (batches); 0: save it untrained (for speed measurements, and as the untrained
-    comparison of transfer). 1,200 steps took 189 s here (105 images/s at 112 px) and reached 0.83 pretext
+    comparison of transfer). 1,200 steps took 189-208 s here (105 images/s at 112 px) and reached 0.83 pretext
     accuracy at 112 px; the demo's fine-tuning from them reached 0.98 held-out accuracy in 4 epochs. From 150
     steps (0.10 at 112 px) it reached 0.30, as from the untrained network."""
     batch_size: int = 16

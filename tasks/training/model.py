@@ -229,13 +229,35 @@ class ProgressLogger(tf.keras.callbacks.Callback):
                  row.get("val_accuracy", float("nan")), row["examples_per_sec"], dt, row["validation_seconds"], eta)
 
 
-class TwoRateModel(tf.keras.Model):
-    """A classifier whose hub module variables get their own optimizer, so fine-tuning can move the pre-trained
-    weights more slowly than the new head.
+class Trainable(tf.keras.Model):
+    """The model ``fit`` trains: built functionally over the layers of a ``build_model`` model (the weights are
+    shared). Train this one, save the plain one.
 
-    Built functionally over the layers of a ``build_model`` model (the weights are shared): train this one, save
-    the plain one. Both optimizers apply their gradients through the distribution strategy, so each does its own
-    all-reduce.
+    Its test step scores nothing for an empty batch (``padded_passes`` fills a worker's validation steps with them):
+    oneDNN's fused convolution fails on a batch of 0 images on some CPUs ("input depth must be evenly divisible by
+    filter depth: 3 vs 24" here, on AVX-512), so the model is not called on one.
+    """
+
+    def __init__(self, model: tf.keras.Model, name: str | None = None):
+        super().__init__(model.inputs, model.outputs, name=name or f"{model.name}_trainable")
+
+    def test_step(self, data):
+        x, y = data
+
+        def score():
+            y_pred = self(x, training=False)
+            self.compute_loss(x, y, y_pred)
+            self.compiled_metrics.update_state(y, y_pred)
+            return tf.constant(True)
+
+        tf.cond(tf.shape(y)[0] > 0, score, lambda: tf.constant(False))
+        return self.get_metrics_result()
+
+
+class TwoRateModel(Trainable):
+    """A classifier whose hub module variables get their own optimizer, so fine-tuning can move the pre-trained
+    weights more slowly than the new head. Both optimizers apply their gradients through the distribution
+    strategy, so each does its own all-reduce.
 
     Args:
         model: the model of ``build_model``.
@@ -244,7 +266,7 @@ class TwoRateModel(tf.keras.Model):
     """
 
     def __init__(self, model: tf.keras.Model, module_optimizer, module_layer: str = "hub_module"):
-        super().__init__(model.inputs, model.outputs, name=f"{model.name}_two_rate")
+        super().__init__(model, name=f"{model.name}_two_rate")
         self.module_optimizer = module_optimizer
         self._module_layer = module_layer
 
@@ -274,21 +296,19 @@ class TwoRateModel(tf.keras.Model):
 
 def compile_for_training(model: tf.keras.Model, learning_rate: float, module_lr_scale: float = 1.0,
                          fine_tune: bool = True) -> tf.keras.Model:
-    """The model to ``fit``, compiled with Adam: ``model`` itself, or a ``TwoRateModel`` over it when the hub
+    """The model to ``fit``, compiled with Adam: a ``Trainable`` over ``model``, or a ``TwoRateModel`` when the hub
     module is trained at ``learning_rate * module_lr_scale`` with a scale other than 1.
 
     Call under the distribution strategy's scope. Save ``model``, not the returned one.
     """
-    metrics = ["accuracy"]
-    if fine_tune and module_lr_scale != 1.0:
-        trained = TwoRateModel(model, tf.keras.optimizers.Adam(learning_rate * module_lr_scale))
-        trained.compile(optimizer=tf.keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
-                        metrics=metrics)
+    two_rate = fine_tune and module_lr_scale != 1.0
+    trained = (TwoRateModel(model, tf.keras.optimizers.Adam(learning_rate * module_lr_scale)) if two_rate
+               else Trainable(model))
+    trained.compile(optimizer=tf.keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
+                    metrics=["accuracy"])
+    if two_rate:
         trained.build_optimizers()
-        return trained
-    model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
-                  metrics=metrics)
-    return model
+    return trained
 
 
 class EpochSummaries(tf.keras.callbacks.Callback):

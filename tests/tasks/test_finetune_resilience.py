@@ -443,6 +443,25 @@ def test_validation_shares_fill_the_same_steps_without_scoring_a_record_twice():
         assert sorted(scored) == list(range(17))
 
 
+@pytest.mark.parametrize("scale", [1.0, 0.1])
+def test_an_empty_validation_batch_scores_nothing(small_hub_module, scale):
+    """The empty batches of ``padded_passes`` reach the test step; the model is not called on them (oneDNN's
+    fused convolution fails on a batch of 0 images on AVX-512 CPUs) and they change no metric."""
+    from tasks.training import model as M
+
+    tf = M.tf
+    tf.keras.utils.set_random_seed(0)
+    model = M.build_model(str(small_hub_module), M.ModelConfig(num_classes=3, image_size=(32, 32), fine_tune=True))
+    trained = M.compile_for_training(model, 0.05, module_lr_scale=scale)
+    x = tf.random.uniform((5, 32, 32, 3), seed=2)
+    y = tf.constant([0, 1, 2, 0, 1])
+    alone = trained.evaluate(tf.data.Dataset.from_tensors((x, y)), verbose=0, return_dict=True)
+    padded = M.padded_passes(tf.data.Dataset.from_tensors((x, y)), 3)
+    scored = trained.evaluate(padded, steps=3, verbose=0, return_dict=True)
+    assert scored == pytest.approx(alone)
+    assert next(m for m in trained.metrics if m.name == "loss").count.numpy() == 5
+
+
 def test_epoch_metrics_are_tensorboard_scalar_events(tmp_path):
     from tasks.training import model as M
 
