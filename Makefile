@@ -40,8 +40,8 @@ HUB_BUILDER := tasks.demo.make_mobilenet_module
 DEMO_DATA = python -m tasks.demo.make_dataset --raw-root "$$TFHUB_STORAGE_ROOT/shapes_real/raw" --ds $(DEMO_DS) \
 	--num-images $(DEMO_IMAGES) --min-size 320 --max-size 640
 DEMO_ENV := DEMO_DATASET=shapes_real DEMO_MODEL=shapes_real \
-	DEMO_CONF='{"dataset": "shapes_real", "model_name": "shapes_real", "hub_module": "$(HUB_MODULE)", "epochs": $(DEMO_REAL_EPOCHS), \
-	"module_lr_scale": 0.1}'
+	DEMO_CONF='{"dataset": "shapes_real", "model_name": "shapes_real", "hub_module": "$(HUB_MODULE)", \
+	"epochs": $(DEMO_REAL_EPOCHS), "module_lr_scale": 0.1}'
 else ifneq ($(SIZE),demo)
 $(error SIZE=$(SIZE): use SIZE=demo (the default, 32x32 module) or SIZE=real (MobileNetV2 at 224x224))
 endif

@@ -17,8 +17,8 @@ the in-process part, calls ``measure`` then ``report``. ``one_core`` runs in a c
     (best of ``BENCH_REALSIZE_COMPUTE_STEPS``), input = 16 / that thread's pipeline rate (f), and all-reduce,
     synchronisation and the rest = the remainder. Bytes all-reduced per step = 4 x the model's trainable parameters
     (float32 gradients, ``fine_tune=true``). ``realsize_submit_to_first_step_s`` (goal <= 30) is launching
-    spark-submit to the end of the first training step, the quickest of the 2-worker runs (runs differ by up to
-    5 s), split into the phases of ``prelude.startup_phases``.
+    spark-submit to the end of the first training step, the quickest of the 2-worker runs (five runs here took 24
+    to 31 s), split into the phases of ``prelude.startup_phases``.
 (f) ``realsize_input_headroom`` (goal >= 3): worker 0's ``tf.data`` pipeline alone (its share of the files of (e),
     decoding the 320–640 px images and resizing them to 224, batches of 16, one thread, after a warm-up:
     ``bench_train.input_pipeline_rate``), in examples/s, against what one worker of the 2-worker run consumed.

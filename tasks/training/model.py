@@ -244,6 +244,8 @@ class Trainable(tf.keras.Model):
     def test_step(self, data):
         x, y = data
 
+        # Not Keras's own test_step inside the condition: its metric read is a synchronisation point under
+        # MultiWorkerMirroredStrategy, which may not sit in a branch (`merge_call` ... RuntimeError).
         def score():
             y_pred = self(x, training=False)
             self.compute_loss(x, y, y_pred)
